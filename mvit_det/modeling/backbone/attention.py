@@ -1,0 +1,242 @@
+"""Multi-Head Pooling Attention of MViTv2 with an explicit and a fused (SDPA) attention core."""
+from __future__ import annotations
+
+from typing import Optional, Tuple, Type
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .utils import decomposed_rel_pos_terms, window_partition, window_unpartition
+
+__all__ = ["ATTN_IMPLS", "MultiScaleAttention", "resolve_attn_impl"]
+
+ATTN_IMPLS = ("auto", "eager", "sdpa")
+
+
+def resolve_attn_impl(attn_impl: str, device: torch.device) -> str:
+    """
+    Chooses the attention core for a device.
+
+    Args:
+        attn_impl: "eager" (explicit softmax(q k^T + rel-pos) v, materialises every attention
+            matrix), "sdpa" (relative positions folded into augmented q/k and computed with
+            ``scaled_dot_product_attention``; no (queries x keys) tensor is built), or "auto".
+        device: the device of the input.
+
+    Returns:
+        "eager" or "sdpa". "auto" picks "sdpa" everywhere: it is the faster and leaner core on
+        both CUDA and CPU (see tools/benchmark.py).
+    """
+    if attn_impl == "auto":
+        return "sdpa"
+    return attn_impl
+
+
+def _pool(x: torch.Tensor, pool: nn.Conv2d, norm: nn.Module, num_heads: int) -> torch.Tensor:
+    """
+    Per-head depthwise pooling followed by LayerNorm over the head dimension.
+
+    The pooling kernel is shared by all heads (it has ``head_dim`` channels); it is applied to all
+    heads at once as a depthwise conv over ``heads * head_dim`` channels with the kernel repeated,
+    which avoids folding heads into the batch.
+
+    Args:
+        x: (B, H, W, heads * head_dim) tokens.
+        pool: depthwise Conv2d over head_dim channels.
+        norm: LayerNorm over head_dim.
+        num_heads: number of heads.
+
+    Returns:
+        (B, H', W', heads, head_dim) pooled and normalised tokens.
+    """
+    weight = pool.weight.repeat(num_heads, 1, 1, 1)
+    # (B, H, W, C) -> (B, C, H, W), a channels-last view: no copy.
+    x = F.conv2d(
+        x.permute(0, 3, 1, 2),
+        weight,
+        None,
+        stride=pool.stride,
+        padding=pool.padding,
+        groups=weight.shape[0],
+    )
+    # (B, C, H', W') -> (B, H', W', heads, head_dim)
+    x = x.permute(0, 2, 3, 1).unflatten(-1, (num_heads, -1))
+    return norm(x)
+
+
+class MultiScaleAttention(nn.Module):
+    """
+    Multi-Head Pooling Attention (MViTv2): q, k and v are pooled per head by a depthwise conv and
+    normalised, attention uses decomposed relative positions and a residual pooling connection,
+    optionally inside non-overlapping windows of the pooled maps.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        dim_out: int,
+        num_heads: int,
+        qkv_bias: bool = True,
+        norm_layer: Type[nn.Module] = nn.LayerNorm,
+        pool_kernel: Tuple[int, int] = (3, 3),
+        stride_q: int = 1,
+        stride_kv: int = 1,
+        residual_pooling: bool = True,
+        window_size: int = 0,
+        use_rel_pos: bool = False,
+        rel_pos_zero_init: bool = True,
+        input_size: Optional[int] = None,
+        attn_impl: str = "auto",
+    ) -> None:
+        """
+        Args:
+            dim: input channels.
+            dim_out: output channels (q, k and v have dim_out channels).
+            num_heads: attention heads.
+            qkv_bias: add a learnable bias to the q, k, v projection.
+            norm_layer: normalisation applied to pooled q, k, v over the head dimension.
+            pool_kernel: kernel of the q, k, v pooling convs.
+            stride_q: stride of the q pooling.
+            stride_kv: stride of the k and v pooling.
+            residual_pooling: add the pooled q to the attention output.
+            window_size: window side counted in tokens of the block's input map; the q window is
+                ``window_size // stride_q`` and the kv window ``window_size // stride_kv``.
+                0 means global attention.
+            use_rel_pos: add decomposed relative-position terms to the attention logits.
+            rel_pos_zero_init: zero-initialise the relative-position tables.
+            input_size: side of the block's input token grid at the pretraining size; sets the
+                relative-position table length. Required when ``use_rel_pos``.
+            attn_impl: "auto", "eager" or "sdpa" (see :func:`resolve_attn_impl`).
+        """
+        super().__init__()
+        if attn_impl not in ATTN_IMPLS:
+            raise ValueError(f"attn_impl={attn_impl!r} is not one of {ATTN_IMPLS}")
+        if dim_out % num_heads:
+            raise ValueError(f"dim_out={dim_out} is not divisible by num_heads={num_heads}")
+        self.num_heads = num_heads
+        head_dim = dim_out // num_heads
+        self.scale = head_dim**-0.5
+        self.attn_impl = attn_impl
+
+        self.qkv = nn.Linear(dim, dim_out * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim_out, dim_out)
+
+        padding = [k // 2 for k in pool_kernel]
+
+        def pooling(stride: int) -> nn.Conv2d:
+            return nn.Conv2d(
+                head_dim, head_dim, pool_kernel, stride, padding, groups=head_dim, bias=False
+            )
+
+        self.pool_q = pooling(stride_q)
+        self.norm_q = norm_layer(head_dim)
+        self.pool_k = pooling(stride_kv)
+        self.norm_k = norm_layer(head_dim)
+        self.pool_v = pooling(stride_kv)
+        self.norm_v = norm_layer(head_dim)
+
+        self.window_size = window_size
+        self.q_window = window_size // stride_q if window_size else None
+        self.kv_window = window_size // stride_kv if window_size else None
+        self.residual_pooling = residual_pooling
+
+        self.use_rel_pos = use_rel_pos
+        if use_rel_pos:
+            if input_size is None:
+                raise ValueError("input_size is required when use_rel_pos=True")
+            length = 2 * max(input_size // stride_q, input_size // stride_kv) - 1
+            self.rel_pos_h = nn.Parameter(torch.zeros(length, head_dim))
+            self.rel_pos_w = nn.Parameter(torch.zeros(length, head_dim))
+            if not rel_pos_zero_init:
+                nn.init.trunc_normal_(self.rel_pos_h, std=0.02)
+                nn.init.trunc_normal_(self.rel_pos_w, std=0.02)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            x: (B, H, W, dim) tokens.
+
+        Returns:
+            (B, H', W', dim_out) tokens, H' = ceil(H / stride_q).
+        """
+        nh = self.num_heads
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        q = _pool(q, self.pool_q, self.norm_q, nh)  # (B, Hq, Wq, nh, d)
+        k = _pool(k, self.pool_k, self.norm_k, nh)  # (B, Hk, Wk, nh, d)
+        v = _pool(v, self.pool_v, self.norm_v, nh)
+        q_hw_full = (q.shape[1], q.shape[2])
+
+        # (B, H, W, nh, d) -> (B * windows, nh, tokens, d)
+        q_win, q_hw = window_partition(q, self.q_window)
+        k_win, k_hw = window_partition(k, self.kv_window)
+        v_win, _ = window_partition(v, self.kv_window)
+
+        if resolve_attn_impl(self.attn_impl, x.device) == "sdpa":
+            out = self._attend_sdpa(q_win, k_win, v_win, q_hw, k_hw)
+        else:
+            out = self._attend_eager(q_win, k_win, v_win, q_hw, k_hw)
+
+        out = window_unpartition(out, self.q_window, q_hw_full)  # (B, Hq, Wq, nh, d)
+        if self.residual_pooling:
+            out = out + q
+        return self.proj(out.flatten(-2))
+
+    def _attend_eager(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        q_hw: Tuple[int, int],
+        k_hw: Tuple[int, int],
+    ) -> torch.Tensor:
+        """Explicit softmax((q * scale) k^T + rel-pos) v on (N, heads, tokens, d) tensors."""
+        attn = (q * self.scale) @ k.transpose(-2, -1)  # (N, nh, Nq, Nk)
+        if self.use_rel_pos:
+            rel_h, rel_w = decomposed_rel_pos_terms(q, self.rel_pos_h, self.rel_pos_w, q_hw, k_hw)
+            # (N, nh, Nq, kh, kw) + (N, nh, Nq, kh, 1) + (N, nh, Nq, 1, kw)
+            attn = attn.unflatten(-1, k_hw) + rel_h[..., :, None] + rel_w[..., None, :]
+            attn = attn.flatten(-2)
+        return attn.softmax(dim=-1) @ v
+
+    def _attend_sdpa(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        q_hw: Tuple[int, int],
+        k_hw: Tuple[int, int],
+    ) -> torch.Tensor:
+        """
+        Fused attention on (N, heads, tokens, d) tensors.
+
+        The relative-position terms are folded into the dot product: each query is extended with
+        its rel_h (k_h values) and rel_w (k_w values) terms and each key at (m, n) with one-hot
+        row and column indicators, so ``q' . k' = scale * q . k + rel_h[m] + rel_w[n]``.
+        """
+        if not self.use_rel_pos:
+            return F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+        rel_h, rel_w = decomposed_rel_pos_terms(q, self.rel_pos_h, self.rel_pos_w, q_hw, k_hw)
+        k_h, k_w = k_hw
+        d = q.shape[-1]
+        extra = k_h + k_w
+        # Pad the augmented head dim to a multiple of 8 (kernel alignment); v is padded to the
+        # same width because fused kernels want one head dim for q, k and v.
+        width = -(-(d + extra) // 8) * 8
+        pad = width - d - extra
+        eye_h = torch.eye(k_h, dtype=k.dtype, device=k.device)
+        eye_w = torch.eye(k_w, dtype=k.dtype, device=k.device)
+        # (k_h, k_w, k_h + k_w + pad): one-hot row and column of every key position
+        onehot = torch.cat(
+            [
+                eye_h[:, None, :].expand(k_h, k_w, k_h),
+                eye_w[None, :, :].expand(k_h, k_w, k_w),
+                k.new_zeros(k_h, k_w, pad),
+            ],
+            dim=-1,
+        ).flatten(0, 1)
+        q_aug = torch.cat([q * self.scale, rel_h, rel_w, q.new_zeros(*q.shape[:-1], pad)], -1)
+        k_aug = torch.cat([k, onehot.expand(*k.shape[:-1], extra + pad)], dim=-1)
+        v_aug = F.pad(v, (0, width - d))
+        out = F.scaled_dot_product_attention(q_aug, k_aug, v_aug, scale=1.0)
+        return out[..., :d]

@@ -1,0 +1,493 @@
+"""MViTv2 backbone with Hybrid Window Attention for Detectron2."""
+from __future__ import annotations
+
+import logging
+from functools import partial
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Type
+
+import torch
+import torch.nn as nn
+from detectron2.layers import ShapeSpec
+from detectron2.modeling.backbone import Backbone
+from timm.layers import DropPath
+from torch.utils.checkpoint import checkpoint
+
+from .attention import ATTN_IMPLS, MultiScaleAttention
+from .utils import resize_abs_pos, to_2tuple
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ATTENTION_MODES", "MViT", "MultiScaleBlock", "Mlp"]
+
+ATTENTION_MODES = ("hybrid", "global", "window")
+NUM_STAGES = 4
+
+
+class Mlp(nn.Module):
+    """Two-layer MLP: Linear -> activation -> Linear."""
+
+    def __init__(
+        self, in_features: int, hidden_features: int, act_layer: Type[nn.Module] = nn.GELU
+    ) -> None:
+        """
+        Args:
+            in_features: input and output channels.
+            hidden_features: hidden channels.
+            act_layer: activation.
+        """
+        super().__init__()
+        self.fc1 = nn.Linear(in_features, hidden_features)
+        self.act = act_layer()
+        self.fc2 = nn.Linear(hidden_features, in_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class MultiScaleBlock(nn.Module):
+    """MViTv2 block: pooling attention with a (projected, max-pooled) skip, then an MLP."""
+
+    def __init__(
+        self,
+        dim: int,
+        dim_out: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop_path: float = 0.0,
+        norm_layer: Type[nn.Module] = nn.LayerNorm,
+        act_layer: Type[nn.Module] = nn.GELU,
+        qkv_pool_kernel: Tuple[int, int] = (3, 3),
+        stride_q: int = 1,
+        stride_kv: int = 1,
+        residual_pooling: bool = True,
+        window_size: int = 0,
+        use_rel_pos: bool = False,
+        rel_pos_zero_init: bool = True,
+        input_size: Optional[int] = None,
+        attn_impl: str = "auto",
+    ) -> None:
+        """
+        Args:
+            dim: input channels.
+            dim_out: output channels; when it differs from ``dim`` the skip path is
+                ``Linear(dim, dim_out)`` applied to ``norm1(x)``.
+            num_heads: attention heads.
+            mlp_ratio: MLP hidden channels as a multiple of ``dim_out``.
+            qkv_bias: add a learnable bias to the q, k, v projection.
+            drop_path: stochastic depth rate of this block.
+            norm_layer: normalisation layer.
+            act_layer: MLP activation.
+            qkv_pool_kernel: kernel of the q, k, v pooling convs.
+            stride_q: q pooling stride; > 1 also max-pools the skip path.
+            stride_kv: k, v pooling stride.
+            residual_pooling: add the pooled q to the attention output.
+            window_size: attention window in tokens of the input map, 0 for global attention.
+            use_rel_pos: use decomposed relative positions.
+            rel_pos_zero_init: zero-initialise the relative-position tables.
+            input_size: side of the input token grid at the pretraining size.
+            attn_impl: attention core, "auto", "eager" or "sdpa".
+        """
+        super().__init__()
+        self.norm1 = norm_layer(dim)
+        self.attn = MultiScaleAttention(
+            dim,
+            dim_out,
+            num_heads=num_heads,
+            qkv_bias=qkv_bias,
+            norm_layer=norm_layer,
+            pool_kernel=qkv_pool_kernel,
+            stride_q=stride_q,
+            stride_kv=stride_kv,
+            residual_pooling=residual_pooling,
+            window_size=window_size,
+            use_rel_pos=use_rel_pos,
+            rel_pos_zero_init=rel_pos_zero_init,
+            input_size=input_size,
+            attn_impl=attn_impl,
+        )
+        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+        self.norm2 = norm_layer(dim_out)
+        self.mlp = Mlp(dim_out, int(dim_out * mlp_ratio), act_layer=act_layer)
+        self.proj = nn.Linear(dim, dim_out) if dim != dim_out else None
+        self.pool_skip = (
+            nn.MaxPool2d(stride_q + 1, stride_q, (stride_q + 1) // 2) if stride_q > 1 else None
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            x: (B, H, W, dim) tokens.
+
+        Returns:
+            (B, ceil(H / stride_q), ceil(W / stride_q), dim_out) tokens.
+        """
+        x_norm = self.norm1(x)
+        x_attn = self.attn(x_norm)
+        if self.proj is not None:
+            x = self.proj(x_norm)
+        if self.pool_skip is not None:
+            # (B, H, W, C) -> (B, C, H, W) -> pool -> (B, H', W', C)
+            x = self.pool_skip(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        x = x + self.drop_path(x_attn)
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class MViT(Backbone):
+    """
+    Multiscale Vision Transformer v2 backbone (Li et al., "MViTv2: Improved Multiscale Vision
+    Transformers for Classification and Detection") with Hybrid Window Attention.
+
+    Tokens are kept as (B, H, W, C). Four stages produce ``scale2``..``scale5`` at strides
+    4/8/16/32 with C, 2C, 4C, 8C channels, each normalised by its own LayerNorm and returned NCHW.
+    Any input size works: scale ``n`` has ``ceil(H / 2**n) x ceil(W / 2**n)`` positions.
+    Parameter names match Detectron2's MViT, so its checkpoints load as they are.
+    """
+
+    def __init__(
+        self,
+        img_size: int = 224,
+        patch_kernel: Tuple[int, int] = (7, 7),
+        patch_stride: Tuple[int, int] = (4, 4),
+        patch_padding: Tuple[int, int] = (3, 3),
+        in_chans: int = 3,
+        embed_dim: int = 96,
+        depth: int = 16,
+        num_heads: int = 1,
+        last_block_indexes: Sequence[int] = (0, 2, 11, 15),
+        qkv_pool_kernel: Tuple[int, int] = (3, 3),
+        adaptive_kv_stride: int = 4,
+        adaptive_window_size: int = 56,
+        residual_pooling: bool = True,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop_path_rate: float = 0.0,
+        norm_layer: Callable[[int], nn.Module] = partial(nn.LayerNorm, eps=1e-6),
+        act_layer: Type[nn.Module] = nn.GELU,
+        use_abs_pos: bool = False,
+        use_rel_pos: bool = True,
+        rel_pos_zero_init: bool = True,
+        use_act_checkpoint: bool = False,
+        pretrain_img_size: int = 224,
+        pretrain_use_cls_token: bool = True,
+        out_features: Sequence[str] = ("scale2", "scale3", "scale4", "scale5"),
+        attention_mode: str = "hybrid",
+        global_block_indexes: Optional[Sequence[int]] = None,
+        double_kv_stride_in_last_blocks: bool = True,
+        attn_impl: str = "auto",
+    ) -> None:
+        """
+        Args:
+            img_size: image size of pretraining; sets the relative-position table lengths.
+            patch_kernel: kernel of the patch embedding conv.
+            patch_stride: stride of the patch embedding conv.
+            patch_padding: padding of the patch embedding conv.
+            in_chans: input image channels.
+            embed_dim: channels C of the first stage.
+            depth: number of blocks.
+            num_heads: heads of the first stage (doubled at each stage).
+            last_block_indexes: index of the last block of each of the four stages, increasing,
+                the last one ``depth - 1``.
+            qkv_pool_kernel: kernel of the q, k, v pooling convs.
+            adaptive_kv_stride: k, v pooling stride of the first stage, halved at each stage
+                (never below 1).
+            adaptive_window_size: attention window of the first stage in tokens of the block's
+                input map, halved from the second block of each later stage.
+            residual_pooling: add the pooled q to the attention output (MViTv2).
+            mlp_ratio: MLP hidden channels as a multiple of the block's channels.
+            qkv_bias: add a learnable bias to the q, k, v projections.
+            drop_path_rate: stochastic depth rate of the last block, rising linearly from 0.
+            norm_layer: normalisation layer (default LayerNorm with eps 1e-6, as published).
+            act_layer: MLP activation.
+            use_abs_pos: add an absolute position embedding after the patch embedding (MViTv1).
+            use_rel_pos: use decomposed relative positions in attention (MViTv2).
+            rel_pos_zero_init: zero-initialise the relative-position tables.
+            use_act_checkpoint: recompute each block in the backward pass (activation
+                checkpointing with ``torch.utils.checkpoint``, non-reentrant).
+            pretrain_img_size: image size of the pretrained absolute position embedding.
+            pretrain_use_cls_token: whether the pretrained absolute position embedding has a
+                class-token slot.
+            out_features: which of "scale2".."scale5" to return.
+            attention_mode: "hybrid" (Hybrid Window Attention: window attention except in the
+                blocks of ``global_block_indexes``), "global" (pooling attention everywhere) or
+                "window" (window attention everywhere).
+            global_block_indexes: blocks with global attention in "hybrid" mode; defaults to the
+                last block of stages 3, 4 and 5 (``last_block_indexes[1:]``).
+            double_kv_stride_in_last_blocks: double the k, v stride in the last block of stages 3
+                and 4, as the detection models do (False matches the classification models).
+            attn_impl: attention core, "auto", "eager" or "sdpa".
+        """
+        super().__init__()
+        last_block_indexes = self._check_args(
+            depth=depth,
+            last_block_indexes=last_block_indexes,
+            attention_mode=attention_mode,
+            global_block_indexes=global_block_indexes,
+            out_features=out_features,
+            attn_impl=attn_impl,
+            embed_dim=embed_dim,
+            num_heads=num_heads,
+        )
+        patch_kernel, patch_stride, patch_padding = (
+            to_2tuple(patch_kernel),
+            to_2tuple(patch_stride),
+            to_2tuple(patch_padding),
+        )
+        for name, value, low in (
+            ("img_size", img_size, 1),
+            ("adaptive_kv_stride", adaptive_kv_stride, 1),
+            ("adaptive_window_size", adaptive_window_size, 0),
+        ):
+            if not isinstance(value, int) or value < low:
+                raise ValueError(f"{name}={value!r} must be an int >= {low}")
+        if attention_mode == "global":
+            global_blocks = set(range(depth))
+        elif attention_mode == "window":
+            global_blocks = set()
+        elif global_block_indexes is None:
+            global_blocks = set(last_block_indexes[1:])
+        else:
+            global_blocks = set(global_block_indexes)
+        if adaptive_window_size == 0 and len(global_blocks) < depth:
+            raise ValueError(
+                "adaptive_window_size=0 disables windows; use attention_mode='global' for "
+                "pure pooling attention, or give a window size > 0"
+            )
+
+        self.pretrain_use_cls_token = pretrain_use_cls_token
+        self.use_act_checkpoint = use_act_checkpoint
+        self.attention_mode = attention_mode
+        self.patch_embed = PatchEmbed(patch_kernel, patch_stride, patch_padding, in_chans, embed_dim)
+
+        if use_abs_pos:
+            grid = (pretrain_img_size // patch_stride[0]) * (pretrain_img_size // patch_stride[1])
+            num_positions = grid + 1 if pretrain_use_cls_token else grid
+            self.pos_embed: Optional[nn.Parameter] = nn.Parameter(
+                torch.zeros(1, num_positions, embed_dim)
+            )
+        else:
+            self.pos_embed = None
+
+        drop_rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
+        dim, heads, stride_kv = embed_dim, num_heads, adaptive_kv_stride
+        window, input_size = adaptive_window_size, img_size // patch_stride[0]
+        stride, stage = patch_stride[0], 2
+        self._out_feature_strides: Dict[str, int] = {}
+        self._out_feature_channels: Dict[str, int] = {}
+        self.blocks = nn.ModuleList()
+        self.block_configs: List[Dict[str, int]] = []
+        for i in range(depth):
+            first_of_stage = i > 0 and i - 1 in last_block_indexes
+            dim_out = dim * 2 if first_of_stage else dim
+            heads = heads * 2 if first_of_stage else heads
+            stride_q = 2 if first_of_stage else 1
+            block_kv = stride_kv
+            if double_kv_stride_in_last_blocks and i in last_block_indexes[1:3]:
+                block_kv = stride_kv * 2
+            block_window = 0 if i in global_blocks else window
+            if block_window and (block_window % stride_q or block_window % block_kv):
+                raise ValueError(
+                    f"adaptive_window_size={adaptive_window_size} gives block {i} a window of "
+                    f"{block_window} tokens, which its q stride {stride_q} and kv stride "
+                    f"{block_kv} do not divide; use a window size whose halvings stay divisible "
+                    "by the strides (56, the published value, works)"
+                )
+            self.blocks.append(
+                MultiScaleBlock(
+                    dim=dim,
+                    dim_out=dim_out,
+                    num_heads=heads,
+                    mlp_ratio=mlp_ratio,
+                    qkv_bias=qkv_bias,
+                    drop_path=drop_rates[i],
+                    norm_layer=norm_layer,
+                    act_layer=act_layer,
+                    qkv_pool_kernel=qkv_pool_kernel,
+                    stride_q=stride_q,
+                    stride_kv=block_kv,
+                    residual_pooling=residual_pooling,
+                    window_size=block_window,
+                    use_rel_pos=use_rel_pos,
+                    rel_pos_zero_init=rel_pos_zero_init,
+                    input_size=input_size,
+                    attn_impl=attn_impl,
+                )
+            )
+            self.block_configs.append(
+                dict(stage=stage, stride_q=stride_q, stride_kv=block_kv, window=block_window)
+            )
+            dim = dim_out
+            if first_of_stage:
+                # From the second block of a stage on, windows and grids are counted on the
+                # stage's own (halved) input map.
+                window //= 2
+                input_size //= 2
+            if i in last_block_indexes:
+                name = f"scale{stage}"
+                if name in out_features:
+                    self._out_feature_channels[name] = dim
+                    self._out_feature_strides[name] = stride
+                    self.add_module(f"{name}_norm", norm_layer(dim))
+                stride_kv = max(stride_kv // 2, 1)
+                stride *= 2
+                stage += 1
+
+        self._out_features = list(out_features)
+        self._last_block_indexes = last_block_indexes
+        if self.pos_embed is not None:
+            nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _check_args(
+        depth: int,
+        last_block_indexes: Sequence[int],
+        attention_mode: str,
+        global_block_indexes: Optional[Sequence[int]],
+        out_features: Sequence[str],
+        attn_impl: str,
+        embed_dim: int,
+        num_heads: int,
+    ) -> Tuple[int, ...]:
+        """Validates the structural arguments; returns ``last_block_indexes`` as a tuple."""
+        if not isinstance(depth, int) or depth < NUM_STAGES:
+            raise ValueError(f"depth={depth!r} must be an int >= {NUM_STAGES} (one block a stage)")
+        indexes = tuple(last_block_indexes)
+        if len(indexes) != NUM_STAGES or not all(isinstance(i, int) for i in indexes):
+            raise ValueError(
+                f"last_block_indexes={last_block_indexes!r} must be {NUM_STAGES} ints, the index "
+                "of the last block of each stage (e.g. (1, 4, 20, 23) for depth 24)"
+            )
+        if indexes[0] < 0 or any(b <= a for a, b in zip(indexes, indexes[1:])):
+            raise ValueError(
+                f"last_block_indexes={indexes} must be non-negative and strictly increasing"
+            )
+        if indexes[-1] != depth - 1:
+            raise ValueError(
+                f"last_block_indexes={indexes} must end at the last block, depth - 1 = "
+                f"{depth - 1} (got {indexes[-1]}, {'beyond' if indexes[-1] >= depth else 'before'}"
+                " the last block)"
+            )
+        if attention_mode not in ATTENTION_MODES:
+            raise ValueError(
+                f"attention_mode={attention_mode!r} is unknown; use one of {ATTENTION_MODES}"
+            )
+        if global_block_indexes is not None:
+            if attention_mode != "hybrid":
+                raise ValueError(
+                    f"global_block_indexes={global_block_indexes!r} only applies to "
+                    f"attention_mode='hybrid', not {attention_mode!r}"
+                )
+            bad = [i for i in global_block_indexes if not isinstance(i, int) or not 0 <= i < depth]
+            if bad:
+                raise ValueError(
+                    f"global_block_indexes={tuple(global_block_indexes)} has {bad}: block "
+                    f"indexes must be ints in [0, {depth - 1}]"
+                )
+        valid = [f"scale{s}" for s in range(2, 2 + NUM_STAGES)]
+        if not out_features or any(f not in valid for f in out_features):
+            raise ValueError(f"out_features={tuple(out_features)!r} must be a subset of {valid}")
+        if attn_impl not in ATTN_IMPLS:
+            raise ValueError(f"attn_impl={attn_impl!r} is unknown; use one of {ATTN_IMPLS}")
+        if embed_dim % num_heads:
+            raise ValueError(
+                f"embed_dim={embed_dim} must be divisible by num_heads={num_heads}"
+            )
+        return indexes
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    @property
+    def num_layers(self) -> int:
+        """Number of blocks (used by layer-wise learning-rate decay)."""
+        return len(self.blocks)
+
+    def output_shape(self) -> Dict[str, ShapeSpec]:
+        return {
+            name: ShapeSpec(
+                channels=self._out_feature_channels[name], stride=self._out_feature_strides[name]
+            )
+            for name in self._out_features
+        }
+
+    def set_attn_impl(self, attn_impl: str) -> None:
+        """Switches the attention core of every block ("auto", "eager" or "sdpa")."""
+        if attn_impl not in ATTN_IMPLS:
+            raise ValueError(f"attn_impl={attn_impl!r} is unknown; use one of {ATTN_IMPLS}")
+        for blk in self.blocks:
+            blk.attn.attn_impl = attn_impl
+
+    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """
+        Args:
+            x: images of shape (N, in_chans, H, W), floating point.
+
+        Returns:
+            dict of "scale2".."scale5" (those in ``out_features``) to (N, C_n, ceil(H / 2**n),
+            ceil(W / 2**n)) feature maps.
+        """
+        in_chans = self.patch_embed.proj.in_channels
+        if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != in_chans:
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(
+                f"MViT expects images of shape (N, {in_chans}, H, W), got {shape}; "
+                "batch images into one NCHW tensor (e.g. ImageList.from_tensors)"
+            )
+        if not x.is_floating_point():
+            raise ValueError(
+                f"MViT expects floating-point images, got dtype {x.dtype}; convert with "
+                "x.float() and normalise the pixel values"
+            )
+        if x.shape[2] == 0 or x.shape[3] == 0:
+            raise ValueError(f"MViT got an empty image of shape {tuple(x.shape)}")
+        x = self.patch_embed(x)  # (N, H/4, W/4, C)
+        if self.pos_embed is not None:
+            x = x + resize_abs_pos(self.pos_embed, self.pretrain_use_cls_token, x.shape[1:3])
+
+        outputs: Dict[str, torch.Tensor] = {}
+        stage = 2
+        recompute = self.use_act_checkpoint and self.training and torch.is_grad_enabled()
+        for i, blk in enumerate(self.blocks):
+            x = checkpoint(blk, x, use_reentrant=False) if recompute else blk(x)
+            if i in self._last_block_indexes:
+                name = f"scale{stage}"
+                if name in self._out_features:
+                    # (N, H, W, C) -> (N, C, H, W)
+                    outputs[name] = getattr(self, f"{name}_norm")(x).permute(0, 3, 1, 2)
+                stage += 1
+        return outputs
+
+
+class PatchEmbed(nn.Module):
+    """Image to patch tokens: Conv2d, then NCHW -> NHWC."""
+
+    def __init__(
+        self,
+        kernel_size: Tuple[int, int],
+        stride: Tuple[int, int],
+        padding: Tuple[int, int],
+        in_chans: int,
+        embed_dim: int,
+    ) -> None:
+        """
+        Args:
+            kernel_size: conv kernel.
+            stride: conv stride.
+            padding: conv padding.
+            in_chans: image channels.
+            embed_dim: token channels.
+        """
+        super().__init__()
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size, stride, padding)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # (N, C, H, W) -> (N, H, W, C)
+        return self.proj(x).permute(0, 2, 3, 1)

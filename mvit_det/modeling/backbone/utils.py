@@ -1,0 +1,171 @@
+"""Small shared helpers of the MViT backbone: windows, relative and absolute positions."""
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "window_partition",
+    "window_unpartition",
+    "relative_position_table",
+    "decomposed_rel_pos_terms",
+    "resize_abs_pos",
+    "to_2tuple",
+]
+
+
+def to_2tuple(value: int | Tuple[int, int] | list) -> Tuple[int, int]:
+    """Returns ``(value, value)`` for an int, or the pair itself."""
+    if isinstance(value, int):
+        return (value, value)
+    pair = tuple(value)
+    if len(pair) != 2:
+        raise ValueError(f"expected an int or a pair of ints, got {value!r}")
+    return pair  # type: ignore[return-value]
+
+
+def window_partition(
+    x: torch.Tensor, window: Optional[int]
+) -> Tuple[torch.Tensor, Tuple[int, int]]:
+    """
+    Splits a head-split token map into non-overlapping windows, zero-padding to whole windows.
+
+    Args:
+        x: tokens of shape (B, H, W, heads, head_dim).
+        window: side of a window in tokens; ``None`` makes the whole map one window (no padding).
+
+    Returns:
+        windows of shape (B * num_windows, heads, window * window, head_dim) and the
+        (rows, cols) size of each window.
+    """
+    B, H, W, nh, d = x.shape
+    if window is None:
+        # (B, H, W, nh, d) -> (B, nh, H * W, d)
+        return x.permute(0, 3, 1, 2, 4).reshape(B, nh, H * W, d), (H, W)
+    pad_h = (window - H % window) % window
+    pad_w = (window - W % window) % window
+    if pad_h or pad_w:
+        x = F.pad(x, (0, 0, 0, 0, 0, pad_w, 0, pad_h))
+    rows, cols = (H + pad_h) // window, (W + pad_w) // window
+    # (B, rows, win, cols, win, nh, d) -> (B, rows, cols, nh, win, win, d)
+    x = x.view(B, rows, window, cols, window, nh, d).permute(0, 1, 3, 5, 2, 4, 6)
+    return x.reshape(B * rows * cols, nh, window * window, d), (window, window)
+
+
+def window_unpartition(
+    windows: torch.Tensor, window: Optional[int], hw: Tuple[int, int]
+) -> torch.Tensor:
+    """
+    Inverse of :func:`window_partition`: reassembles windows and crops the padding.
+
+    Args:
+        windows: (B * num_windows, heads, window * window, head_dim).
+        window: the window side used to partition, or ``None`` for a single whole-map window.
+        hw: (H, W) of the map before padding.
+
+    Returns:
+        tokens of shape (B, H, W, heads, head_dim).
+    """
+    H, W = hw
+    _, nh, _, d = windows.shape
+    if window is None:
+        # (B, nh, H * W, d) -> (B, H, W, nh, d)
+        return windows.view(-1, nh, H, W, d).permute(0, 2, 3, 1, 4)
+    rows, cols = -(-H // window), -(-W // window)
+    x = windows.view(-1, rows, cols, nh, window, window, d)
+    # (B, rows, cols, nh, win, win, d) -> (B, rows, win, cols, win, nh, d)
+    x = x.permute(0, 1, 4, 2, 5, 3, 6).reshape(-1, rows * window, cols * window, nh, d)
+    return x[:, :H, :W]
+
+
+def relative_position_table(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Tensor:
+    """
+    Looks up the relative-position embedding of every (query, key) pair along one axis.
+
+    The learned table is linearly resized to ``2 * max(q_size, k_size) - 1`` entries when needed,
+    and coordinates are scaled to the longer axis when the query and key lengths differ.
+
+    Args:
+        q_size: number of query positions along the axis.
+        k_size: number of key positions along the axis.
+        rel_pos: learned table of shape (L, head_dim).
+
+    Returns:
+        embeddings of shape (q_size, k_size, head_dim).
+    """
+    length = 2 * max(q_size, k_size) - 1
+    if rel_pos.shape[0] != length:
+        # (L, C) -> (1, C, L) -> (1, C, length) -> (length, C)
+        rel_pos = F.interpolate(rel_pos.t().unsqueeze(0), size=length, mode="linear")
+        rel_pos = rel_pos.squeeze(0).t()
+    q_scale = max(k_size / q_size, 1.0)
+    k_scale = max(q_size / k_size, 1.0)
+    q_coords = torch.arange(q_size, device=rel_pos.device)[:, None] * q_scale
+    k_coords = torch.arange(k_size, device=rel_pos.device)[None, :] * k_scale
+    index = (q_coords - k_coords) + (k_size - 1) * k_scale
+    return rel_pos[index.long()]
+
+
+def decomposed_rel_pos_terms(
+    q: torch.Tensor,
+    rel_pos_h: torch.Tensor,
+    rel_pos_w: torch.Tensor,
+    q_hw: Tuple[int, int],
+    k_hw: Tuple[int, int],
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """
+    Computes the decomposed relative-position terms of MViTv2 attention logits.
+
+    The logit of query (i, j) and key (m, n) receives ``rel_h[..., i, j, m] + rel_w[..., i, j, n]``.
+
+    Args:
+        q: queries of shape (..., q_h * q_w, head_dim), not scaled.
+        rel_pos_h: height table (Lh, head_dim).
+        rel_pos_w: width table (Lw, head_dim).
+        q_hw: (q_h, q_w) query grid.
+        k_hw: (k_h, k_w) key grid.
+
+    Returns:
+        rel_h of shape (..., q_h * q_w, k_h) and rel_w of shape (..., q_h * q_w, k_w).
+    """
+    q_h, q_w = q_hw
+    k_h, k_w = k_hw
+    table_h = relative_position_table(q_h, k_h, rel_pos_h).to(q.dtype)
+    table_w = relative_position_table(q_w, k_w, rel_pos_w).to(q.dtype)
+    grid_q = q.unflatten(-2, (q_h, q_w))
+    # (..., q_h, q_w, C) x (q_h, k_h, C) -> (..., q_h, q_w, k_h)
+    rel_h = torch.einsum("...hwc,hkc->...hwk", grid_q, table_h)
+    rel_w = torch.einsum("...hwc,wkc->...hwk", grid_q, table_w)
+    return rel_h.flatten(-3, -2), rel_w.flatten(-3, -2)
+
+
+def resize_abs_pos(abs_pos: torch.Tensor, has_cls_token: bool, hw: Tuple[int, int]) -> torch.Tensor:
+    """
+    Resizes a pretrained absolute position embedding to a token grid.
+
+    Args:
+        abs_pos: (1, N, C) table of a square grid, with one leading class-token slot when
+            ``has_cls_token``.
+        has_cls_token: whether ``abs_pos`` starts with a class-token slot (it is dropped).
+        hw: the (H, W) token grid to produce.
+
+    Returns:
+        embeddings of shape (1, H, W, C), bicubically resized when the grid differs.
+    """
+    if has_cls_token:
+        abs_pos = abs_pos[:, 1:]
+    num = abs_pos.shape[1]
+    side = int(math.isqrt(num))
+    if side * side != num:
+        raise ValueError(
+            f"absolute position embedding has {num} grid positions, which is not a square grid; "
+            "check pretrain_use_cls_token (is there a class-token slot?) and pretrain_img_size"
+        )
+    # (1, N, C) -> (1, C, side, side)
+    grid = abs_pos.reshape(1, side, side, -1).permute(0, 3, 1, 2)
+    if (side, side) != tuple(hw):
+        grid = F.interpolate(grid, size=hw, mode="bicubic", align_corners=False)
+    return grid.permute(0, 2, 3, 1)
