@@ -220,13 +220,14 @@ class MultiScaleAttention(nn.Module):
         k_h, k_w = k_hw
         d = q.shape[-1]
         extra = k_h + k_w
-        # Pad the augmented head dim to a multiple of 8 (kernel alignment); v is padded to the
-        # same width because fused kernels want one head dim for q, k and v.
+        # Pad the augmented q/k head dim to a multiple of 8 (kernel alignment). The fused (flash)
+        # kernels of CPU and CUDA need one head dim for q, k and v, so v is zero-padded to it
+        # (otherwise SDPA falls back to its math path, which materialises the attention matrix).
         width = -(-(d + extra) // 8) * 8
         pad = width - d - extra
         eye_h = torch.eye(k_h, dtype=k.dtype, device=k.device)
         eye_w = torch.eye(k_w, dtype=k.dtype, device=k.device)
-        # (k_h, k_w, k_h + k_w + pad): one-hot row and column of every key position
+        # (k_h * k_w, k_h + k_w + pad): one-hot row and column of every key position
         onehot = torch.cat(
             [
                 eye_h[:, None, :].expand(k_h, k_w, k_h),
@@ -237,6 +238,5 @@ class MultiScaleAttention(nn.Module):
         ).flatten(0, 1)
         q_aug = torch.cat([q * self.scale, rel_h, rel_w, q.new_zeros(*q.shape[:-1], pad)], -1)
         k_aug = torch.cat([k, onehot.expand(*k.shape[:-1], extra + pad)], dim=-1)
-        v_aug = F.pad(v, (0, width - d))
-        out = F.scaled_dot_product_attention(q_aug, k_aug, v_aug, scale=1.0)
+        out = F.scaled_dot_product_attention(q_aug, k_aug, F.pad(v, (0, width - d)), scale=1.0)
         return out[..., :d]
