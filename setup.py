@@ -20,6 +20,7 @@ setup(
         "pycocotools",
         "opencv-python-headless",
         "timm",
+        "safetensors",
     ],
-    extras_require={"test": ["pytest", "shapely", "safetensors"]},
+    extras_require={"test": ["pytest", "shapely"]},
 )

@@ -1,0 +1,399 @@
+"""Mapping official, timm and Detectron2 MViT weights onto the detection backbone."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..modeling.backbone import MVIT_PRESETS, MViT
+from ..modeling.backbone.utils import resize_abs_pos
+from .io import ArchitectureMismatchError
+
+__all__ = [
+    "LoadReport",
+    "adapt_state_dict",
+    "describe_backbone",
+    "find_mvit",
+    "timm_to_flat",
+]
+
+Shape = Tuple[int, ...]
+
+# Classification-only weights, with the reason they are dropped.
+_DROPPED = (
+    (re.compile(r"^cls_token$"), "class token (detection uses none)"),
+    (re.compile(r"^norm\."), "final norm of the classifier"),
+    (re.compile(r"^head\."), "classifier head"),
+)
+# Per-stage output norms: detection-only, absent from every ImageNet checkpoint.
+_SCALE_NORM = re.compile(r"^scale\d+_norm\.")
+_TIMM_BLOCK = re.compile(r"^stages\.(\d+)\.blocks\.(\d+)\.(.*)$")
+_BLOCK = re.compile(r"^blocks\.(\d+)\.")
+_MAX_SHOWN = 8
+
+
+def find_mvit(model: nn.Module) -> Optional[Tuple[str, MViT]]:
+    """
+    Finds the MViT backbone inside a model.
+
+    Args:
+        model: a detector, an FPN or an MViT.
+
+    Returns:
+        (prefix of its parameter names, e.g. "backbone.bottom_up.", the module), or None when the
+        model has no MViT.
+    """
+    found = [(name, m) for name, m in model.named_modules() if isinstance(m, MViT)]
+    if len(found) > 1:
+        names = ", ".join(repr(name) for name, _ in found)
+        raise ValueError(f"the model has several MViT backbones ({names}); load each separately")
+    if not found:
+        return None
+    name, module = found[0]
+    return (f"{name}." if name else ""), module
+
+
+def timm_to_flat(state: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """
+    Renames timm ``mvitv2_*`` weights (staged) to the flat official/Detectron2 layout.
+
+    ``stages.{s}.blocks.{j}.*`` becomes ``blocks.{i}.*`` (blocks numbered across stages) and
+    ``shortcut_proj_attn`` becomes ``proj``; other names are the same in both layouts.
+
+    Args:
+        state: a timm state dict.
+
+    Returns:
+        the same tensors under flat names.
+
+    Raises:
+        ArchitectureMismatchError: a timm layout the detection backbone cannot express.
+    """
+    blocks_per_stage: Dict[int, int] = defaultdict(int)
+    for key in state:
+        m = _TIMM_BLOCK.match(key)
+        if m:
+            stage, block = int(m.group(1)), int(m.group(2))
+            blocks_per_stage[stage] = max(blocks_per_stage[stage], block + 1)
+    if sorted(blocks_per_stage) != list(range(len(blocks_per_stage))):
+        raise ArchitectureMismatchError(
+            f"timm-style weights with blocks in stages {sorted(blocks_per_stage)} only: stages "
+            "are missing, so the file is incomplete or not an mvitv2 state dict"
+        )
+    first_block = [sum(blocks_per_stage[s] for s in range(stage)) for stage in blocks_per_stage]
+    flat = {}
+    for key, value in state.items():
+        m = _TIMM_BLOCK.match(key)
+        if m:
+            rest = m.group(3)
+            if rest.startswith("shortcut_proj_mlp."):
+                raise ArchitectureMismatchError(
+                    f"timm weights with {key!r}: this model changes the channels in the MLP of the "
+                    "last block of each stage (timm expand_attn=False, the ImageNet-1K MViTv2-L "
+                    "layout); the detection backbone changes them in the attention of the first "
+                    "block, as Detectron2's does. Use weights with expand_attn=True (e.g. "
+                    "mvitv2_large_cls / the official MViTv2_L_in21k)"
+                )
+            if rest.startswith(("attn.q.", "attn.k.", "attn.v.")):
+                raise ArchitectureMismatchError(
+                    f"timm weights with {key!r}: separate q/k/v projections (timm pool_first=True) "
+                    "have no counterpart in the detection backbone, which uses one qkv projection"
+                )
+            rest = re.sub(r"^shortcut_proj_attn\.", "proj.", rest)
+            key = f"blocks.{first_block[int(m.group(1))] + int(m.group(2))}.{rest}"
+        flat[key] = value
+    return flat
+
+
+def describe_backbone(shapes: Mapping[str, Shape]) -> str:
+    """
+    Names the MViT size of flat backbone weights, for error messages.
+
+    Args:
+        shapes: flat backbone names (``patch_embed.proj.weight``, ``blocks.{i}.*``...) to shapes.
+
+    Returns:
+        e.g. "MViTv2-B (embed_dim=96, depth=24, num_heads=1, last_block_indexes=(1, 4, 20, 23))".
+    """
+    if "patch_embed.proj.weight" not in shapes:
+        return "no MViT backbone (no patch_embed.proj.weight)"
+    embed_dim = shapes["patch_embed.proj.weight"][0]
+    blocks = sorted({int(m.group(1)) for k in shapes for m in [_BLOCK.match(k)] if m})
+    if not blocks:
+        return f"an MViT stem without blocks (embed_dim={embed_dim})"
+    depth = blocks[-1] + 1
+    mlp_changes_dim = [
+        i
+        for i in blocks
+        if shapes.get(f"blocks.{i}.mlp.fc2.weight", (0,))[0]
+        != shapes.get(f"blocks.{i}.attn.proj.weight", (0,))[0]
+    ]
+    if mlp_changes_dim:
+        return (
+            f"an MViT (embed_dim={embed_dim}, depth={depth}) whose blocks {mlp_changes_dim} change "
+            "the channels in the MLP (ImageNet-1K MViTv2-L layout, DIM_MUL_IN_ATT=False), which "
+            "the detection backbone does not support; use the IN-21K MViTv2-L weights instead"
+        )
+    last = tuple(i - 1 for i in blocks if f"blocks.{i}.proj.weight" in shapes) + (depth - 1,)
+    head_dim = shapes.get("blocks.0.attn.norm_q.weight", (embed_dim,))[0]
+    arch = dict(
+        embed_dim=embed_dim, depth=depth, num_heads=embed_dim // head_dim, last_block_indexes=last
+    )
+    name = next(
+        (
+            f"MViTv2-{size}"
+            for size, p in MVIT_PRESETS.items()
+            if all(p[k] == v for k, v in arch.items())
+        ),
+        "an MViT",
+    )
+    features = ["abs pos"] * ("pos_embed" in shapes) + ["rel pos"] * (
+        "blocks.0.attn.rel_pos_h" in shapes
+    )
+    args = ", ".join(f"{k}={v}" for k, v in arch.items())
+    return f"{name} ({args}{''.join(', ' + f for f in features)})"
+
+
+def _group(keys: Sequence[str]) -> List[str]:
+    """
+    Compresses key lists for reports, e.g. ``blocks.{0-3,7}.attn.{rel_pos_h,rel_pos_w}``: keys
+    that differ only in their last component are merged first, then keys that differ only in
+    their first number.
+    """
+    lasts: Dict[str, List[str]] = defaultdict(list)
+    for key in keys:
+        stem, dot, last = key.rpartition(".")
+        lasts[stem + dot].append(last)
+    merged = []
+    for stem, names in lasts.items():
+        if stem and len(names) > 1:
+            merged.append(stem + "{" + ",".join(names) + "}")
+        else:
+            merged += [stem + name for name in names]
+    numbers: Dict[Tuple[str, str], List[int]] = defaultdict(list)
+    for key in merged:
+        m = re.search(r"\d+", key)
+        if m is None:
+            numbers[(key, "")] = []
+        else:
+            numbers[(key[: m.start()], key[m.end() :])].append(int(m.group()))
+    out = []
+    for (head, tail), values in numbers.items():
+        if not values:
+            out.append(head)
+            continue
+        runs: List[str] = []
+        for n in sorted(set(values)):
+            if runs and runs[-1].rpartition("-")[2] == str(n - 1):
+                runs[-1] = f"{runs[-1].partition('-')[0]}-{n}"
+            else:
+                runs.append(str(n))
+        joined = ",".join(runs)
+        out.append(head + (joined if len(values) == 1 else "{" + joined + "}") + tail)
+    return out
+
+
+@dataclass
+class LoadReport:
+    """
+    What happened to each backbone tensor when mapping a checkpoint onto a model.
+
+    Attributes:
+        source: description of the file.
+        layout: "official/Detectron2 (flat)" or "timm (staged)".
+        target: description of the model's backbone and its name prefix.
+        loaded: model keys taken from the checkpoint as they are.
+        resized: (model key, checkpoint shape, model shape) of interpolated position tables.
+        dropped: (checkpoint key, reason) of classification-only weights.
+        new: model keys the checkpoint has no counterpart for by design (the per-stage output
+            norms of detection, absent from ImageNet checkpoints); they keep their initialisation.
+        missing: backbone keys of the model the checkpoint should have had but does not.
+        passed_on: number of non-backbone tensors (FPN, heads...) left to the standard loader.
+    """
+
+    source: str
+    layout: str
+    target: str
+    loaded: List[str] = field(default_factory=list)
+    resized: List[Tuple[str, Shape, Shape]] = field(default_factory=list)
+    dropped: List[Tuple[str, str]] = field(default_factory=list)
+    new: List[str] = field(default_factory=list)
+    missing: List[str] = field(default_factory=list)
+    passed_on: int = 0
+
+    def format(self) -> str:
+        """The report as printed by the checkpointer and tools/convert_checkpoint.py."""
+        lines = [
+            f"Checkpoint {self.source}",
+            f"  layout: {self.layout}; into {self.target}",
+            f"  loaded  : {len(self.loaded)} backbone tensors",
+        ]
+        by_change: Dict[Tuple[Shape, Shape], List[str]] = defaultdict(list)
+        for key, old, new in self.resized:
+            by_change[(old, new)].append(key)
+        lines.append(f"  resized : {len(self.resized)} (interpolated position tables)")
+        for (old, new), keys in by_change.items():
+            lines += [f"    {k}: {list(old)} -> {list(new)}" for k in _group(keys)]
+        by_reason: Dict[str, List[str]] = defaultdict(list)
+        for key, reason in self.dropped:
+            by_reason[reason].append(key)
+        lines.append(f"  dropped : {len(self.dropped)} (not used by detection)")
+        for reason, keys in by_reason.items():
+            lines.append(f"    {', '.join(_group(keys))}: {reason}")
+        lines.append(f"  new     : {len(self.new)} (detection-only, keep their initialisation)")
+        lines += [f"    {k}" for k in _group(self.new)]
+        lines.append(f"  missing : {len(self.missing)}")
+        lines += [f"    {k}" for k in _group(self.missing)]
+        lines.append(f"  other   : {self.passed_on} non-backbone tensors for the rest of the model")
+        return "\n".join(lines)
+
+
+def _resize_rel_pos(table: torch.Tensor, length: int) -> torch.Tensor:
+    """Linearly interpolates a (L, head_dim) relative-position table to ``length`` entries."""
+    # (L, C) -> (1, C, L) -> (1, C, length) -> (length, C)
+    resized = F.interpolate(table.float().t().unsqueeze(0), size=length, mode="linear")
+    return resized.squeeze(0).t().to(table.dtype).contiguous()
+
+
+def _has_cls_slot(num_positions: int) -> bool:
+    """Whether an absolute position table of this length has a leading class-token slot."""
+    if math.isqrt(num_positions) ** 2 == num_positions:
+        return False
+    if math.isqrt(num_positions - 1) ** 2 == num_positions - 1:
+        return True
+    raise ArchitectureMismatchError(
+        f"absolute position embedding with {num_positions} positions: neither a square grid nor "
+        "a square grid plus a class-token slot"
+    )
+
+
+def _resize_abs_pos(table: torch.Tensor, target: Shape) -> torch.Tensor:
+    """Bicubically resizes a (1, N(+1), C) absolute position table to ``target``, cls slot kept."""
+    src_cls, dst_cls = _has_cls_slot(table.shape[1]), _has_cls_slot(target[1])
+    side = math.isqrt(target[1] - dst_cls)
+    grid = resize_abs_pos(table.float(), src_cls, (side, side)).reshape(1, side * side, -1)
+    if dst_cls:
+        cls_slot = table[:, :1].float() if src_cls else grid.new_zeros(1, 1, grid.shape[-1])
+        grid = torch.cat([cls_slot, grid], dim=1)
+    return grid.to(table.dtype).contiguous()
+
+
+def _resize(key: str, value: torch.Tensor, shape: Shape) -> Optional[torch.Tensor]:
+    """Resizes a position table to ``shape`` when that is well defined; None otherwise."""
+    if key.endswith(("attn.rel_pos_h", "attn.rel_pos_w")):
+        if value.dim() == 2 and len(shape) == 2 and value.shape[1] == shape[1]:
+            return _resize_rel_pos(value, shape[0])
+    elif key == "pos_embed":
+        if value.dim() == 3 and len(shape) == 3 and value.shape[2] == shape[2]:
+            return _resize_abs_pos(value, shape)
+    return None
+
+
+def _source_prefix(keys: Sequence[str]) -> Optional[str]:
+    """The name prefix of the MViT weights in a checkpoint ("" for a bare backbone)."""
+    stem = "patch_embed.proj.weight"
+    prefixes = sorted({k[: -len(stem)] for k in keys if k.endswith(stem)})
+    if len(prefixes) > 1:
+        raise ArchitectureMismatchError(
+            f"the checkpoint holds several MViT-like backbones under {prefixes}"
+        )
+    return prefixes[0] if prefixes else None
+
+
+def adapt_state_dict(
+    state: Mapping[str, torch.Tensor],
+    backbone_state: Mapping[str, torch.Tensor],
+    prefix: str,
+    source: str = "checkpoint",
+    target: str = "MViT",
+) -> Tuple[Dict[str, torch.Tensor], LoadReport]:
+    """
+    Maps checkpoint weights of any supported layout onto a model with an MViT backbone.
+
+    The backbone weights (official/Detectron2 flat names at any prefix, or timm staged names)
+    are renamed to ``prefix + flat name``; classification-only weights are dropped; relative- and
+    absolute-position tables are interpolated to the model's shapes. Other tensors (FPN, heads)
+    are passed on under their own names.
+
+    Args:
+        state: checkpoint weights.
+        backbone_state: the MViT module's own ``state_dict()`` (for names and shapes).
+        prefix: the MViT's name prefix in the model, e.g. "backbone.bottom_up.".
+        source: description of the checkpoint, for the report and errors.
+        target: description of the model's backbone, for the report and errors.
+
+    Returns:
+        the weights to load into the model, and the report. Missing backbone keys are listed in
+        ``report.missing``; the caller decides whether they are fatal.
+
+    Raises:
+        ArchitectureMismatchError: no MViT weights in the checkpoint, or backbone tensors whose
+            shapes cannot be mapped (e.g. MViTv2-B weights for an MViTv2-T model).
+    """
+    state = {k[len("module.") :] if k.startswith("module.") else k: v for k, v in state.items()}
+    src_prefix = _source_prefix(list(state))
+    if src_prefix is None:
+        examples = ", ".join(list(state)[:5])
+        raise ArchitectureMismatchError(
+            f"{source} holds no MViT backbone weights (no '*patch_embed.proj.weight'; its keys "
+            f"look like: {examples}). Wrong file, or weights of another architecture"
+        )
+    backbone = {k[len(src_prefix) :]: v for k, v in state.items() if k.startswith(src_prefix)}
+    out = {k: v for k, v in state.items() if not k.startswith(src_prefix)}
+    layout = "official/Detectron2 (flat)"
+    if any(_TIMM_BLOCK.match(k) for k in backbone):
+        backbone = timm_to_flat(backbone)
+        layout = "timm (staged)"
+    target_desc = f"{target} at '{prefix}'" if prefix else target
+    report = LoadReport(source=source, layout=layout, target=target_desc, passed_on=len(out))
+
+    mismatches: List[str] = []
+    for key, value in backbone.items():
+        reason = next((why for pattern, why in _DROPPED if pattern.match(key)), None)
+        if reason is not None:
+            report.dropped.append((src_prefix + key, reason))
+            continue
+        if key not in backbone_state:
+            mismatches.append(
+                f"{src_prefix + key} {list(value.shape)}: no such tensor in the model"
+            )
+            continue
+        shape = tuple(backbone_state[key].shape)
+        if tuple(value.shape) != shape:
+            resized = _resize(key, value, shape)
+            if resized is None:
+                mismatches.append(
+                    f"{src_prefix + key}: checkpoint {list(value.shape)} vs model {list(shape)}"
+                )
+                continue
+            report.resized.append((prefix + key, tuple(value.shape), shape))
+            value = resized
+        else:
+            report.loaded.append(prefix + key)
+        out[prefix + key] = value
+    if mismatches:
+        shapes = {k: tuple(v.shape) for k, v in backbone.items()}
+        model_shapes = {k: tuple(v.shape) for k, v in backbone_state.items()}
+        shown = "\n  ".join(mismatches[:_MAX_SHOWN])
+        raise ArchitectureMismatchError(
+            f"{source} does not fit {target_desc}: {len(mismatches)} backbone tensors have other "
+            f"shapes or no place in the model. First mismatches:\n  {shown}\n"
+            f"Likely cause: the checkpoint holds {describe_backbone(shapes)}, the model is "
+            f"{describe_backbone(model_shapes)}. Build the model with the checkpoint's size "
+            "(MVIT_PRESETS / --model) and options (use_abs_pos, use_rel_pos)"
+        )
+    has_scale_norms = any(_SCALE_NORM.match(k) for k in backbone)
+    for key in backbone_state:
+        if key not in backbone:
+            if _SCALE_NORM.match(key) and not has_scale_norms:
+                report.new.append(prefix + key)
+            else:
+                report.missing.append(prefix + key)
+    return out, report
