@@ -9,7 +9,9 @@ setup(
     long_description=open("README.md").read() if __import__("os").path.exists("README.md") else "",
     long_description_content_type="text/markdown",
     packages=find_packages(include=["mvit_det", "mvit_det.*"]),
-    package_data={"mvit_det.model_zoo": ["configs/*.py", "configs/common/*.py"]},
+    package_data={
+        "mvit_det.model_zoo": ["configs/*.py", "configs/common/*.py", "configs/demo/*.py"]
+    },
     include_package_data=True,
     python_requires=">=3.9",
     install_requires=[

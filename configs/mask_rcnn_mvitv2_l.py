@@ -1,0 +1,16 @@
+"""Mask R-CNN, MViTv2-L (ImageNet-21K init), LSJ 1024, 3x schedule (36 epochs)."""
+
+from mvit_det import mvit_preset
+
+from .common.mask_rcnn_mvitv2 import (
+    IMAGENET_WEIGHTS,
+    dataloader,
+    lr_multiplier,
+    model,
+    optimizer,
+    train,
+)
+
+model.backbone.bottom_up.update(mvit_preset("L"))
+train.init_checkpoint = IMAGENET_WEIGHTS.format("L_in21k")
+optimizer.lr = 1e-4  # at 64 images per iteration

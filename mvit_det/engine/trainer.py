@@ -1,0 +1,86 @@
+"""A Detectron2 trainer with gradient accumulation and automatic mixed precision."""
+
+import time
+from contextlib import nullcontext
+from typing import Dict, Iterable
+
+import torch
+from detectron2.engine import SimpleTrainer
+from torch.nn.parallel import DistributedDataParallel
+
+__all__ = ["AccumulationTrainer"]
+
+
+class AccumulationTrainer(SimpleTrainer):
+    """Each iteration (one optimizer step) sums the gradients of ``accumulation_steps``
+    micro-batches, so a few GPUs can train with the recipe's images per step.
+
+    With ``amp=True`` the forward runs under ``torch.autocast`` and float16 losses are scaled by a
+    ``GradScaler``. Under DDP, gradients are only all-reduced on the last micro-batch. The
+    logged losses are averages over the micro-batches; one iteration consumes
+    ``accumulation_steps`` batches of the data loader.
+
+    Args:
+        model: a module returning a dict of losses (or one loss tensor) in training mode.
+        data_loader: an iterable of micro-batches.
+        optimizer: the optimizer.
+        accumulation_steps: micro-batches per optimizer step.
+        amp: run the forward under autocast.
+        amp_dtype: autocast dtype; float16 also enables loss scaling.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        data_loader: Iterable,
+        optimizer: torch.optim.Optimizer,
+        accumulation_steps: int = 1,
+        amp: bool = False,
+        amp_dtype: torch.dtype = torch.float16,
+    ) -> None:
+        if accumulation_steps < 1:
+            raise ValueError(f"accumulation_steps must be >= 1, got {accumulation_steps}.")
+        super().__init__(model, data_loader, optimizer)
+        self.accumulation_steps = accumulation_steps
+        self.amp = amp
+        self.amp_dtype = amp_dtype
+        self.device_type = next(model.parameters()).device.type
+        self.grad_scaler = torch.amp.GradScaler(
+            self.device_type, enabled=amp and amp_dtype == torch.float16
+        )
+
+    def run_step(self) -> None:
+        assert self.model.training, "[AccumulationTrainer] model was changed to eval mode!"
+        self.optimizer.zero_grad()
+        loss_sums: Dict[str, torch.Tensor] = {}
+        data_time = 0.0
+        for step in range(self.accumulation_steps):
+            start = time.perf_counter()
+            data = next(self._data_loader_iter)
+            data_time += time.perf_counter() - start
+            last = step == self.accumulation_steps - 1
+            defer_sync = isinstance(self.model, DistributedDataParallel) and not last
+            with self.model.no_sync() if defer_sync else nullcontext():
+                with torch.autocast(self.device_type, dtype=self.amp_dtype, enabled=self.amp):
+                    loss_dict = self.model(data)
+                if isinstance(loss_dict, torch.Tensor):
+                    loss_dict = {"total_loss": loss_dict}
+                losses = sum(loss_dict.values()) / self.accumulation_steps
+                self.grad_scaler.scale(losses).backward()
+            for name, value in loss_dict.items():
+                value = value.detach() / self.accumulation_steps
+                loss_sums[name] = loss_sums[name] + value if name in loss_sums else value
+        self.after_backward()
+        self._write_metrics(loss_sums, data_time)
+        self.grad_scaler.step(self.optimizer)
+        self.grad_scaler.update()
+
+    def state_dict(self) -> dict:
+        ret = super().state_dict()
+        ret["grad_scaler"] = self.grad_scaler.state_dict()
+        return ret
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        if "grad_scaler" in state_dict:
+            self.grad_scaler.load_state_dict(state_dict["grad_scaler"])

@@ -1,0 +1,50 @@
+"""The shipped LazyConfigs, by name, from a source checkout or an installed package.
+
+``configs/`` of the repository is installed as package data of this module (in a checkout,
+``mvit_det/model_zoo/configs`` is a symlink to it), so ``get_config("mask_rcnn_mvitv2_b.py")``
+works wherever mvit_det is importable.
+"""
+
+import os
+from typing import List
+
+from detectron2.config import LazyConfig
+from omegaconf import DictConfig
+
+__all__ = ["get_config", "get_config_file", "list_configs"]
+
+_CONFIG_ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+
+
+def list_configs() -> List[str]:
+    """Names of all shipped configs, relative to the config root, e.g. "mask_rcnn_mvitv2_b.py"."""
+    names = []
+    for folder, _, files in os.walk(_CONFIG_ROOT, followlinks=True):
+        rel = os.path.relpath(folder, _CONFIG_ROOT)
+        names += [os.path.normpath(os.path.join(rel, f)) for f in files if f.endswith(".py")]
+    return sorted(n for n in names if not n.startswith("common" + os.sep))
+
+
+def get_config_file(config_path: str) -> str:
+    """Absolute path of a shipped config.
+
+    Args:
+        config_path: name relative to the config root, e.g. "cascade_mask_rcnn_mvitv2_t.py" or
+            "demo/mask_rcnn_mvitv2_shapes.py".
+    """
+    path = os.path.join(_CONFIG_ROOT, config_path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"'{config_path}' is not a shipped mvit_det config. Available: "
+            + ", ".join(list_configs())
+        )
+    return path
+
+
+def get_config(config_path: str) -> DictConfig:
+    """Loads a shipped LazyConfig.
+
+    Args:
+        config_path: see :func:`get_config_file`.
+    """
+    return LazyConfig.load(get_config_file(config_path))

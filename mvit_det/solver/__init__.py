@@ -1,0 +1,5 @@
+"""Optimisation helpers: layer-wise learning-rate decay for MViT."""
+
+from .lr_decay import MViTLayerDecay
+
+__all__ = ["MViTLayerDecay"]

@@ -1,0 +1,22 @@
+"""A small synthetic shapes dataset shared by the data, config and training-tool tests."""
+
+import os
+
+import pytest
+
+# Images per split: enough to train a few iterations and evaluate quickly.
+TINY_SIZES = {"train": 8, "val": 4}
+
+
+@pytest.fixture(scope="session")
+def shapes_datasets_root(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A $DETECTRON2_DATASETS folder holding a tiny ``mvit_shapes`` dataset, registered as
+    ``shapes_train`` / ``shapes_val`` for the test session (the default registration is
+    restored afterwards)."""
+    from mvit_det.data import generate_shapes_dataset, register_shapes_dataset
+
+    root = str(tmp_path_factory.mktemp("datasets"))
+    generate_shapes_dataset(os.path.join(root, "mvit_shapes"), TINY_SIZES)
+    register_shapes_dataset(os.path.join(root, "mvit_shapes"))
+    yield root
+    register_shapes_dataset()

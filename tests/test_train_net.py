@@ -1,0 +1,142 @@
+"""tools/lazyconfig_train_net.py: evaluation, training with kill + resume, and usage errors."""
+
+import json
+import os
+import warnings
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from fixtures_shapes import shapes_datasets_root  # noqa: F401  (fixture)
+from mvit_det.engine.train_net import build_argument_parser, main, run_cli
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOOL = os.path.join(REPO, "tools", "lazyconfig_train_net.py")
+DEMO = "configs/demo/mask_rcnn_mvitv2_shapes.py"
+# The demo config with a 4-block, 16-dim MViT and small batches at 128 px.
+TINY = [
+    "model.backbone.bottom_up.embed_dim=16",
+    "model.backbone.bottom_up.depth=4",
+    "model.backbone.bottom_up.last_block_indexes=[0,1,2,3]",
+    "model.roi_heads.batch_size_per_image=32",
+    "dataloader.train.total_batch_size=2",
+    "dataloader.train.num_workers=0",
+    "dataloader.test.num_workers=0",
+    "dataloader.train.mapper.augmentations.1.target_height=128",
+    "dataloader.train.mapper.augmentations.1.target_width=128",
+    "dataloader.train.mapper.augmentations.2.crop_size=[128,128]",
+    "dataloader.test.mapper.augmentations.0.short_edge_length=128",
+    "dataloader.test.mapper.augmentations.0.max_size=128",
+]
+
+
+def test_eval_only_returns_coco_metrics(shapes_datasets_root, tmp_path):
+    args = build_argument_parser().parse_args(
+        ["--config-file", os.path.join(REPO, DEMO), "--eval-only", f"train.output_dir={tmp_path}"]
+        + TINY
+    )
+    with pytest.warns(UserWarning, match="CUDA is not available"):
+        results = main(args)
+    for task in ("bbox", "segm"):
+        metrics = results[task]
+        assert {"AP", "AP50", "AP75", "AP-circle", "AP-triangle", "AP-square"} <= set(metrics)
+        assert 0.0 <= metrics["AP"] <= 100.0
+    assert os.path.isfile(tmp_path / "inference" / "coco_instances_results.json")
+    assert os.path.isfile(tmp_path / "config.yaml")
+
+
+def _tool(args, env, **kwargs):
+    return subprocess.Popen(
+        [sys.executable, TOOL, "--config-file", os.path.join(REPO, DEMO)] + args + TINY,
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kwargs,
+    )
+
+
+def test_train_kill_and_resume(shapes_datasets_root, tmp_path):
+    env = dict(os.environ, DETECTRON2_DATASETS=shapes_datasets_root)
+    out = str(tmp_path / "run")
+    args = [
+        "--grad-accumulation",
+        "2",
+        f"train.output_dir={out}",
+        "dataloader.train.total_batch_size=2",
+        "train.max_iter=24",
+        "train.checkpointer.period=4",
+        "train.eval_period=24",
+        "train.log_period=4",
+        "lr_multiplier.scheduler.milestones=[20,23]",
+    ]
+    proc = _tool(args, env)
+    tag = os.path.join(out, "last_checkpoint")
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if os.path.exists(tag) and open(tag).read().strip() >= "model_0000007.pth":
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, (
+        "training ended before it could be interrupted:\n" + proc.stdout.read()
+    )
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    proc.stdout.close()
+    saved = open(tag).read().strip()
+    saved_iter = int(saved[len("model_") : -len(".pth")])
+    assert saved_iter >= 7 and (saved_iter + 1) % 4 == 0
+    assert not os.path.exists(os.path.join(out, "model_final.pth"))
+
+    resumed = _tool(["--resume"] + args, env)
+    log, _ = resumed.communicate(timeout=400)
+    assert resumed.returncode == 0, log
+    assert f"Resuming from iteration {saved_iter + 1}" in log
+    assert f"Starting training from iteration {saved_iter + 1}" in log
+    assert "eta:" in log and "total_loss" in log  # progress with ETA and losses
+    assert "Evaluation results for bbox" in log and "Evaluation results for segm" in log
+    assert os.path.isfile(os.path.join(out, "model_final.pth"))
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(out))
+    with open(os.path.join(out, "metrics.json")) as f:
+        records = [json.loads(line) for line in f]
+    iterations = [r["iteration"] for r in records if "total_loss" in r]
+    assert iterations[-1] == 23 and all(r["total_loss"] > 0 for r in records if "total_loss" in r)
+    assert any("bbox/AP" in r for r in records)
+
+
+@pytest.mark.parametrize(
+    "options, overrides, message",
+    [
+        (
+            [],
+            ["train.max_iterr=5"],
+            "Unknown config key 'train.max_iterr'.*Did you mean 'max_iter'",
+        ),
+        ([], ["dataloader.train.dataset.names=coco_2017_train"], "instances_train2017.json"),
+        ([], ["dataloader.test.dataset.names=my_data"], "Dataset 'my_data' is not registered"),
+        (["--register-coco", "x", "/no/such.json", "/no/images"], [], "/no/such.json"),
+        (["--scale-batch-size", "3", "--grad-accumulation", "2"], [], "multiple of"),
+    ],
+)
+def test_usage_errors_are_clear(
+    options, overrides, message, shapes_datasets_root, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)  # no ./datasets/coco here
+    argv = ["--config-file", os.path.join(REPO, DEMO)] + options + TINY
+    argv += [f"train.output_dir={tmp_path}", "train.max_iter=1"] + overrides
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the CPU warning may come before or after the check
+        assert run_cli(argv) == 2
+    err = capsys.readouterr().err
+    assert re.search(r"^error: ", err, re.M) and re.search(message, err), err
+
+
+def test_missing_config_file_lists_shipped_configs(capsys):
+    assert run_cli(["--config-file", "configs/nope.py"]) == 2
+    err = capsys.readouterr().err
+    assert "configs/nope.py" in err and "mask_rcnn_mvitv2_b.py" in err
