@@ -1,5 +1,6 @@
 #!/usr/bin/env python
 """Installs mvit_det: MViTv2 backbones, configs and tools for Detectron2."""
+
 from setuptools import find_packages, setup
 
 setup(

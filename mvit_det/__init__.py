@@ -1,4 +1,5 @@
 """mvit_det: MViTv2 with Hybrid Window Attention as a Detectron2 backbone."""
+
 from .config import add_mvit_config, apply_mvit_preset
 from .modeling import MVIT_PRESETS, MViT, build_mvit_fpn, build_mvit_fpn_backbone, mvit_preset
 

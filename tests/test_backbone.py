@@ -1,4 +1,5 @@
 """The MViTv2 backbone: shapes, attention layouts, checkpointing, gradients, presets, errors."""
+
 from __future__ import annotations
 
 import math

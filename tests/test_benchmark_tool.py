@@ -1,4 +1,5 @@
 """The benchmark tool's arithmetic: fused-attention FLOP count and ours/reference ratios."""
+
 from __future__ import annotations
 
 import importlib.util

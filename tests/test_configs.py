@@ -114,10 +114,13 @@ def test_train_step_and_inference(name, shapes_datasets_root):
         TINY_BACKBONE
         + [
             "model.roi_heads.num_classes=3",
-            "model.roi_heads.batch_size_per_image=32",
-            "model.proposal_generator.post_nms_topk=[200,100]",
+            "model.roi_heads.batch_size_per_image=16",
+            "model.proposal_generator.post_nms_topk=[64,16]",
         ],
     )
+    roi_heads = cfg.model.roi_heads
+    for predictor in roi_heads.get("box_predictors") or [roi_heads.box_predictor]:
+        predictor.test_topk_per_image = 5  # keeps the untrained mask head cheap at inference
     torch.manual_seed(0)
     model = instantiate(cfg.model)
     assert isinstance(model.backbone.bottom_up, MViT) and len(model.backbone.bottom_up.blocks) == 4

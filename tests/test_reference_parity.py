@@ -1,5 +1,6 @@
 """Equality with Detectron2's own MViT (when the installed Detectron2 has it): same parameter
 names and shapes, and the same outputs for the same weights."""
+
 from __future__ import annotations
 
 from functools import partial

@@ -2,12 +2,12 @@
 
 import json
 import os
-import warnings
 import re
 import signal
 import subprocess
 import sys
 import time
+import warnings
 
 import pytest
 
@@ -49,16 +49,16 @@ def test_eval_only_returns_coco_metrics(shapes_datasets_root, tmp_path):
     assert os.path.isfile(tmp_path / "config.yaml")
 
 
-def _tool(args, env, **kwargs):
-    return subprocess.Popen(
-        [sys.executable, TOOL, "--config-file", os.path.join(REPO, DEMO)] + args + TINY,
-        env=env,
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        **kwargs,
-    )
+def _tool(args, env, log_path):
+    """Starts the training tool on the demo config with its output going to ``log_path``."""
+    with open(log_path, "w") as log:  # a file, not a pipe: a full pipe would block the tool
+        return subprocess.Popen(
+            [sys.executable, TOOL, "--config-file", os.path.join(REPO, DEMO)] + args + TINY,
+            env=env,
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
 
 
 def test_train_kill_and_resume(shapes_datasets_root, tmp_path):
@@ -75,27 +75,25 @@ def test_train_kill_and_resume(shapes_datasets_root, tmp_path):
         "train.log_period=4",
         "lr_multiplier.scheduler.milestones=[20,23]",
     ]
-    proc = _tool(args, env)
+    proc = _tool(args, env, tmp_path / "first.log")
     tag = os.path.join(out, "last_checkpoint")
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
         if os.path.exists(tag) and open(tag).read().strip() >= "model_0000007.pth":
             break
         time.sleep(0.2)
-    assert proc.poll() is None, (
-        "training ended before it could be interrupted:\n" + proc.stdout.read()
-    )
+    assert proc.poll() is None, "training ended early:\n" + (tmp_path / "first.log").read_text()
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    proc.stdout.close()
     saved = open(tag).read().strip()
     saved_iter = int(saved[len("model_") : -len(".pth")])
     assert saved_iter >= 7 and (saved_iter + 1) % 4 == 0
     assert not os.path.exists(os.path.join(out, "model_final.pth"))
 
-    resumed = _tool(["--resume"] + args, env)
-    log, _ = resumed.communicate(timeout=400)
-    assert resumed.returncode == 0, log
+    resumed = _tool(["--resume"] + args, env, tmp_path / "resumed.log")
+    returncode = resumed.wait(timeout=400)
+    log = (tmp_path / "resumed.log").read_text()
+    assert returncode == 0, log
     assert f"Resuming from iteration {saved_iter + 1}" in log
     assert f"Starting training from iteration {saved_iter + 1}" in log
     assert "eta:" in log and "total_loss" in log  # progress with ETA and losses
@@ -121,6 +119,11 @@ def test_train_kill_and_resume(shapes_datasets_root, tmp_path):
         ([], ["dataloader.test.dataset.names=my_data"], "Dataset 'my_data' is not registered"),
         (["--register-coco", "x", "/no/such.json", "/no/images"], [], "/no/such.json"),
         (["--scale-batch-size", "3", "--grad-accumulation", "2"], [], "multiple of"),
+        (
+            [],
+            ["lr_multiplier.scheduler.milestones=[3,5]"],
+            "does not fit train.max_iter=4.*milestones",
+        ),
     ],
 )
 def test_usage_errors_are_clear(
@@ -128,7 +131,12 @@ def test_usage_errors_are_clear(
 ):
     monkeypatch.chdir(tmp_path)  # no ./datasets/coco here
     argv = ["--config-file", os.path.join(REPO, DEMO)] + options + TINY
-    argv += [f"train.output_dir={tmp_path}", "train.max_iter=1"] + overrides
+    argv += [
+        f"train.output_dir={tmp_path}",
+        "train.max_iter=4",
+        "lr_multiplier.scheduler.milestones=[2,3]",
+    ]
+    argv += overrides
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the CPU warning may come before or after the check
         assert run_cli(argv) == 2

@@ -16,6 +16,7 @@ Examples:
   python tools/benchmark.py --config mask_rcnn_mvitv2_t.py --device cpu --dtype fp32 \
       --tasks backbone --backbone-mode forward --image-size 512 --batch 1
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,8 +46,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16", help="autocast dtype")
     p.add_argument("--tasks", default="backbone,train,infer", help="comma-separated subset")
-    p.add_argument("--backbone-mode", choices=["forward", "forward_backward"],
-                   default="forward_backward")
+    p.add_argument(
+        "--backbone-mode", choices=["forward", "forward_backward"], default="forward_backward"
+    )
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--image-size", type=int, default=1024, help="square side for backbone/train")
     p.add_argument("--infer-size", default="800x1216", help="HxW of the inference image")
@@ -54,8 +56,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--compile", choices=["off", "on", "both"], default="off")
     p.add_argument("--attn-impl", choices=["auto", "eager", "sdpa"], default="auto")
-    p.add_argument("--reference", choices=["auto", "off"], default="auto",
-                   help="also measure Detectron2's MViT with the same weights when importable")
+    p.add_argument(
+        "--reference",
+        choices=["auto", "off"],
+        default="auto",
+        help="also measure Detectron2's MViT with the same weights when importable",
+    )
     p.add_argument("--no-flops", action="store_true", help="skip the fvcore FLOP count")
     p.add_argument("--output", default="output/benchmark.json")
     args = p.parse_args(argv)

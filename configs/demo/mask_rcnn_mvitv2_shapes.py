@@ -2,9 +2,9 @@
 
 The detector, LSJ pipeline, optimizer and schedule are those of configs/mask_rcnn_mvitv2_*.py,
 shrunk: a 6-block MViTv2 with embed dim 32, FPN, RPN and box head at 128 channels (one RPN conv),
-a 2-conv mask head at 64 channels, 64 RoIs per image, 4 images of 192x192 per iteration with a
-milder scale jitter (0.8-1.25), trained from scratch on ``shapes_train`` (generated on first use)
-and evaluated on ``shapes_val``.
+a 2-conv mask head at 64 channels, 128 RoIs per image (half positive), 4 images of 192x192 per
+iteration with a milder scale jitter (0.8-1.25), trained from scratch on ``shapes_train``
+(generated on first use) and evaluated on ``shapes_val``.
 """
 
 from detectron2.layers import ShapeSpec
@@ -36,10 +36,10 @@ model.roi_heads.mask_head.conv_dims = [64, 64, 64]  # two 3x3 convs, then the de
 dataloader.train.dataset.names = "shapes_train"
 dataloader.train.mapper.augmentations = lsj_train_augmentations(IMAGE_SIZE, 0.8, 1.25)
 dataloader.train.total_batch_size = 4
-dataloader.train.num_workers = 1
+dataloader.train.num_workers = 0  # a loader process would compete with the 2 compute threads
 dataloader.test.dataset.names = "shapes_val"
 dataloader.test.mapper.augmentations = lsj_test_augmentations(IMAGE_SIZE)
-dataloader.test.num_workers = 1
+dataloader.test.num_workers = 0
 
 optimizer.lr = 6e-4
 optimizer.weight_decay = 0.05

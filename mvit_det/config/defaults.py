@@ -1,4 +1,5 @@
 """``cfg.MODEL.MVIT`` keys for Detectron2's yacs configs."""
+
 from __future__ import annotations
 
 from detectron2.config import CfgNode as CN

@@ -1,4 +1,5 @@
 """``python -m mvit_det.data --root DIR``: writes the synthetic shapes dataset to DIR."""
+
 import argparse
 import os
 

@@ -142,6 +142,13 @@ def load_config(args: argparse.Namespace, world_size: int = 1) -> DictConfig:
         raise UsageError(str(e)) from None
     if args.grad_accumulation:
         cfg.train.grad_accumulation = args.grad_accumulation
+    try:
+        instantiate(cfg.lr_multiplier)
+    except ValueError as e:
+        raise UsageError(
+            f"The LR schedule does not fit train.max_iter={cfg.train.max_iter}: {e}. Set "
+            "lr_multiplier.scheduler.milestones (iterations below train.max_iter) with it."
+        ) from None
     if not torch.cuda.is_available() and str(cfg.train.get("device", "cuda")).startswith("cuda"):
         warnings.warn(
             "CUDA is not available: running on the CPU (slow) with mixed precision disabled.",

@@ -1,4 +1,5 @@
 """The MViTv2 backbone."""
+
 from .attention import MultiScaleAttention
 from .fpn import build_mvit_fpn, build_mvit_fpn_backbone
 from .mvit import MViT, MultiScaleBlock

@@ -1,4 +1,5 @@
 """MViT + FPN: the helper for Python/LazyConfig users and the yacs ``BACKBONE_REGISTRY`` builder."""
+
 from __future__ import annotations
 
 from functools import partial

@@ -1,4 +1,5 @@
 """MViTv2 backbone with Hybrid Window Attention for Detectron2."""
+
 from __future__ import annotations
 
 import logging
@@ -257,7 +258,9 @@ class MViT(Backbone):
         self.pretrain_use_cls_token = pretrain_use_cls_token
         self.use_act_checkpoint = use_act_checkpoint
         self.attention_mode = attention_mode
-        self.patch_embed = PatchEmbed(patch_kernel, patch_stride, patch_padding, in_chans, embed_dim)
+        self.patch_embed = PatchEmbed(
+            patch_kernel, patch_stride, patch_padding, in_chans, embed_dim
+        )
 
         if use_abs_pos:
             grid = (pretrain_img_size // patch_stride[0]) * (pretrain_img_size // patch_stride[1])
@@ -390,9 +393,7 @@ class MViT(Backbone):
         if attn_impl not in ATTN_IMPLS:
             raise ValueError(f"attn_impl={attn_impl!r} is unknown; use one of {ATTN_IMPLS}")
         if embed_dim % num_heads:
-            raise ValueError(
-                f"embed_dim={embed_dim} must be divisible by num_heads={num_heads}"
-            )
+            raise ValueError(f"embed_dim={embed_dim} must be divisible by num_heads={num_heads}")
         return indexes
 
     @staticmethod

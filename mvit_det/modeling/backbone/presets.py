@@ -1,4 +1,5 @@
 """The MViTv2 sizes used for detection (SPEC section 2): T, S, B, L, H."""
+
 from __future__ import annotations
 
 from typing import Any, Dict
