@@ -1,4 +1,5 @@
 """The fused (SDPA) attention core against the explicit one, and torch.compile support."""
+
 from __future__ import annotations
 
 import pytest
@@ -6,6 +7,7 @@ import torch
 
 from mvit_det import MViT
 from mvit_det.modeling.backbone.attention import MultiScaleAttention, resolve_attn_impl
+from mvit_det.modeling.backbone.utils import window_bands, window_partition, window_unpartition
 
 TINY = dict(embed_dim=16, depth=5, num_heads=1, last_block_indexes=(0, 2, 3, 4))
 
@@ -46,6 +48,71 @@ def forward_backward(model: MViT, x: torch.Tensor) -> tuple[dict, dict]:
 def test_auto_picks_the_fused_core():
     assert resolve_attn_impl("auto", torch.device("cpu")) == "sdpa"
     assert resolve_attn_impl("eager", torch.device("cpu")) == "eager"
+
+
+def test_window_bands_split_whole_and_cut_windows():
+    assert window_bands(128, 56) == [
+        (slice(0, 112), 56, slice(0, 2)),
+        (slice(112, 128), 16, slice(2, 3)),
+    ]
+    assert window_bands(112, 56) == [(slice(0, 112), 56, slice(0, 2))]
+    assert window_bands(10, 56) == [(slice(0, 10), 10, slice(0, 1))]
+
+
+def padded_window_attention(attn: MultiScaleAttention, x: torch.Tensor) -> torch.Tensor:
+    """The published formulation: q, k and v all zero-padded to whole windows, every padded query
+    attended, the padding cropped afterwards."""
+    nh = attn.num_heads
+    pooled = []
+    for part, pool, norm in zip(
+        attn.qkv(x).chunk(3, dim=-1),
+        (attn.pool_q, attn.pool_k, attn.pool_v),
+        (attn.norm_q, attn.norm_k, attn.norm_v),
+    ):
+        # (B, H, W, nh * d) -> (B, nh * d, H, W) -> per-head pooling -> (B, H', W', nh, d)
+        heads = part.unflatten(-1, (nh, -1)).permute(0, 3, 4, 1, 2).flatten(0, 1)
+        heads = pool(heads).unflatten(0, (x.shape[0], nh)).permute(0, 3, 4, 1, 2)
+        pooled.append(norm(heads))
+    q, k, v = pooled
+    q_win, q_hw = window_partition(q, attn.q_window)
+    k_win, k_hw = window_partition(k, attn.kv_window)
+    v_win, _ = window_partition(v, attn.kv_window)
+    out = attn._attend_eager(q_win, k_win, v_win, q_hw, k_hw)
+    out = window_unpartition(out, attn.q_window, q.shape[1:3]) + q
+    return attn.proj(out.flatten(-2))
+
+
+@pytest.mark.parametrize("attn_impl", ["eager", "sdpa"])
+@pytest.mark.parametrize("stride_q", [1, 2])
+@pytest.mark.parametrize("hw", [(13, 19), (8, 8), (5, 6)])
+def test_cut_border_windows_equal_padded_windows(attn_impl, stride_q, hw):
+    # Queries of windows cut by the map border are attended without padding rows/columns of
+    # queries; the real queries' outputs must equal those of the fully padded formulation.
+    torch.manual_seed(0)
+    attn = MultiScaleAttention(
+        8,
+        16,
+        num_heads=2,
+        stride_q=stride_q,
+        stride_kv=2,
+        window_size=8,
+        use_rel_pos=True,
+        rel_pos_zero_init=False,
+        input_size=8,
+        attn_impl=attn_impl,
+    )
+    x = torch.randn(2, *hw, 8)
+    expected = padded_window_attention(attn, x)
+    actual = attn(x)
+    assert actual.shape == expected.shape == (2, -(-hw[0] // stride_q), -(-hw[1] // stride_q), 16)
+    assert relative_error(actual, expected) <= 1e-6
+
+
+def test_window_not_divisible_by_strides_is_rejected():
+    with pytest.raises(
+        ValueError, match="window_size=6 is not divisible by stride_q=1 and stride_kv=4"
+    ):
+        MultiScaleAttention(8, 8, num_heads=1, stride_kv=4, window_size=6)
 
 
 @pytest.mark.parametrize("mode", ["hybrid", "global", "window"])

@@ -1,4 +1,5 @@
 """Multi-Head Pooling Attention of MViTv2 with an explicit and a fused (SDPA) attention core."""
+
 from __future__ import annotations
 
 from typing import Optional, Tuple, Type
@@ -7,7 +8,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .utils import decomposed_rel_pos_terms, window_partition, window_unpartition
+from .utils import (
+    decomposed_rel_pos_terms,
+    window_bands,
+    window_partition,
+    window_unpartition,
+)
 
 __all__ = ["ATTN_IMPLS", "MultiScaleAttention", "resolve_attn_impl"]
 
@@ -114,6 +120,11 @@ class MultiScaleAttention(nn.Module):
             raise ValueError(f"attn_impl={attn_impl!r} is not one of {ATTN_IMPLS}")
         if dim_out % num_heads:
             raise ValueError(f"dim_out={dim_out} is not divisible by num_heads={num_heads}")
+        if window_size and (window_size % stride_q or window_size % stride_kv):
+            raise ValueError(
+                f"window_size={window_size} is not divisible by stride_q={stride_q} and "
+                f"stride_kv={stride_kv}; the q and kv windows must tile the same window grid"
+            )
         self.num_heads = num_heads
         head_dim = dim_out // num_heads
         self.scale = head_dim**-0.5
@@ -165,22 +176,82 @@ class MultiScaleAttention(nn.Module):
         q = _pool(q, self.pool_q, self.norm_q, nh)  # (B, Hq, Wq, nh, d)
         k = _pool(k, self.pool_k, self.norm_k, nh)  # (B, Hk, Wk, nh, d)
         v = _pool(v, self.pool_v, self.norm_v, nh)
-        q_hw_full = (q.shape[1], q.shape[2])
-
-        # (B, H, W, nh, d) -> (B * windows, nh, tokens, d)
-        q_win, q_hw = window_partition(q, self.q_window)
-        k_win, k_hw = window_partition(k, self.kv_window)
-        v_win, _ = window_partition(v, self.kv_window)
-
-        if resolve_attn_impl(self.attn_impl, x.device) == "sdpa":
-            out = self._attend_sdpa(q_win, k_win, v_win, q_hw, k_hw)
+        if self.q_window is None:
+            out = self._attend(q, k, v, None, None)
         else:
-            out = self._attend_eager(q_win, k_win, v_win, q_hw, k_hw)
-
-        out = window_unpartition(out, self.q_window, q_hw_full)  # (B, Hq, Wq, nh, d)
+            out = self._attend_windows(q, k, v)
         if self.residual_pooling:
             out = out + q
         return self.proj(out.flatten(-2))
+
+    def _attend_windows(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """
+        Window attention on (B, H, W, heads, head_dim) maps, returning (B, Hq, Wq, heads, d).
+
+        Keys and values are zero-padded to whole windows (the padded keys take part in the
+        softmax, as in the published model). Queries are not padded: the map is attended in
+        bands of whole windows and of the cut windows at the bottom and right border, so no work
+        is spent on padding queries whose outputs would be dropped.
+        """
+        B, H, W = q.shape[:3]
+        kv_window = self.kv_window
+        # (B, Hk, Wk, nh, d) -> (B, rows, cols, nh, kv_window**2, d)
+        k_win, k_hw = window_partition(k, kv_window)
+        v_win, _ = window_partition(v, kv_window)
+        grid = (B, -(-k.shape[1] // kv_window), -(-k.shape[2] // kv_window))
+        k_win, v_win = k_win.unflatten(0, grid), v_win.unflatten(0, grid)
+        rows = []
+        for q_rows, win_h, grid_rows in window_bands(H, self.q_window):
+            cols = []
+            for q_cols, win_w, grid_cols in window_bands(W, self.q_window):
+                q_band = q[:, q_rows, q_cols]
+                out = self._attend(
+                    q_band,
+                    k_win[:, grid_rows, grid_cols].flatten(0, 2),
+                    v_win[:, grid_rows, grid_cols].flatten(0, 2),
+                    (win_h, win_w),
+                    k_hw,
+                )
+                cols.append(out)
+            rows.append(torch.cat(cols, dim=2) if len(cols) > 1 else cols[0])
+        return torch.cat(rows, dim=1) if len(rows) > 1 else rows[0]
+
+    def _attend(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        q_window: Optional[Tuple[int, int]],
+        k_hw: Optional[Tuple[int, int]],
+    ) -> torch.Tensor:
+        """
+        Attention of a (B, Hq, Wq, heads, d) query map that windows of ``q_window`` tile exactly.
+
+        Args:
+            q: (B, Hq, Wq, heads, d) queries.
+            k, v: (B, Hk, Wk, heads, d) maps for global attention (``q_window`` None), or the
+                matching key/value windows (B * windows, heads, tokens, d) otherwise.
+            q_window: (rows, cols) of the query windows, or None for global attention.
+            k_hw: (rows, cols) of the key windows, or None for global attention.
+
+        Returns:
+            (B, Hq, Wq, heads, d) attention outputs.
+        """
+        q_hw_full = (q.shape[1], q.shape[2])
+        table_q_hw = None
+        if q_window is None:
+            # (B, H, W, nh, d) -> (B, nh, H * W, d)
+            q_win, q_hw = window_partition(q, None)
+            k, k_hw = window_partition(k, None)
+            v, _ = window_partition(v, None)
+        else:
+            q_win, q_hw = window_partition(q, q_window)
+            table_q_hw = (self.q_window, self.q_window)
+        if resolve_attn_impl(self.attn_impl, q.device) == "sdpa":
+            out = self._attend_sdpa(q_win, k, v, q_hw, k_hw, table_q_hw)
+        else:
+            out = self._attend_eager(q_win, k, v, q_hw, k_hw, table_q_hw)
+        return window_unpartition(out, q_window, q_hw_full)
 
     def _attend_eager(
         self,
@@ -189,11 +260,14 @@ class MultiScaleAttention(nn.Module):
         v: torch.Tensor,
         q_hw: Tuple[int, int],
         k_hw: Tuple[int, int],
+        table_q_hw: Optional[Tuple[int, int]] = None,
     ) -> torch.Tensor:
         """Explicit softmax((q * scale) k^T + rel-pos) v on (N, heads, tokens, d) tensors."""
         attn = (q * self.scale) @ k.transpose(-2, -1)  # (N, nh, Nq, Nk)
         if self.use_rel_pos:
-            rel_h, rel_w = decomposed_rel_pos_terms(q, self.rel_pos_h, self.rel_pos_w, q_hw, k_hw)
+            rel_h, rel_w = decomposed_rel_pos_terms(
+                q, self.rel_pos_h, self.rel_pos_w, q_hw, k_hw, table_q_hw
+            )
             # (N, nh, Nq, kh, kw) + (N, nh, Nq, kh, 1) + (N, nh, Nq, 1, kw)
             attn = attn.unflatten(-1, k_hw) + rel_h[..., :, None] + rel_w[..., None, :]
             attn = attn.flatten(-2)
@@ -206,6 +280,7 @@ class MultiScaleAttention(nn.Module):
         v: torch.Tensor,
         q_hw: Tuple[int, int],
         k_hw: Tuple[int, int],
+        table_q_hw: Optional[Tuple[int, int]] = None,
     ) -> torch.Tensor:
         """
         Fused attention on (N, heads, tokens, d) tensors.
@@ -216,7 +291,9 @@ class MultiScaleAttention(nn.Module):
         """
         if not self.use_rel_pos:
             return F.scaled_dot_product_attention(q, k, v, scale=self.scale)
-        rel_h, rel_w = decomposed_rel_pos_terms(q, self.rel_pos_h, self.rel_pos_w, q_hw, k_hw)
+        rel_h, rel_w = decomposed_rel_pos_terms(
+            q, self.rel_pos_h, self.rel_pos_w, q_hw, k_hw, table_q_hw
+        )
         k_h, k_w = k_hw
         d = q.shape[-1]
         extra = k_h + k_w

@@ -1,8 +1,9 @@
 """Small shared helpers of the MViT backbone: windows, relative and absolute positions."""
+
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -10,6 +11,7 @@ import torch.nn.functional as F
 __all__ = [
     "window_partition",
     "window_unpartition",
+    "window_bands",
     "relative_position_table",
     "decomposed_rel_pos_terms",
     "resize_abs_pos",
@@ -28,42 +30,44 @@ def to_2tuple(value: int | Tuple[int, int] | list) -> Tuple[int, int]:
 
 
 def window_partition(
-    x: torch.Tensor, window: Optional[int]
+    x: torch.Tensor, window: Optional[int | Tuple[int, int]]
 ) -> Tuple[torch.Tensor, Tuple[int, int]]:
     """
     Splits a head-split token map into non-overlapping windows, zero-padding to whole windows.
 
     Args:
         x: tokens of shape (B, H, W, heads, head_dim).
-        window: side of a window in tokens; ``None`` makes the whole map one window (no padding).
+        window: window size in tokens, an int (square) or (rows, cols); ``None`` makes the whole
+            map one window (no padding).
 
     Returns:
-        windows of shape (B * num_windows, heads, window * window, head_dim) and the
-        (rows, cols) size of each window.
+        windows of shape (B * num_windows, heads, win_h * win_w, head_dim), ordered by batch, then
+        window row, then window column, and the (win_h, win_w) size of each window.
     """
     B, H, W, nh, d = x.shape
     if window is None:
         # (B, H, W, nh, d) -> (B, nh, H * W, d)
         return x.permute(0, 3, 1, 2, 4).reshape(B, nh, H * W, d), (H, W)
-    pad_h = (window - H % window) % window
-    pad_w = (window - W % window) % window
+    win_h, win_w = to_2tuple(window)
+    pad_h = (win_h - H % win_h) % win_h
+    pad_w = (win_w - W % win_w) % win_w
     if pad_h or pad_w:
         x = F.pad(x, (0, 0, 0, 0, 0, pad_w, 0, pad_h))
-    rows, cols = (H + pad_h) // window, (W + pad_w) // window
-    # (B, rows, win, cols, win, nh, d) -> (B, rows, cols, nh, win, win, d)
-    x = x.view(B, rows, window, cols, window, nh, d).permute(0, 1, 3, 5, 2, 4, 6)
-    return x.reshape(B * rows * cols, nh, window * window, d), (window, window)
+    rows, cols = (H + pad_h) // win_h, (W + pad_w) // win_w
+    # (B, rows, win_h, cols, win_w, nh, d) -> (B, rows, cols, nh, win_h, win_w, d)
+    x = x.view(B, rows, win_h, cols, win_w, nh, d).permute(0, 1, 3, 5, 2, 4, 6)
+    return x.reshape(B * rows * cols, nh, win_h * win_w, d), (win_h, win_w)
 
 
 def window_unpartition(
-    windows: torch.Tensor, window: Optional[int], hw: Tuple[int, int]
+    windows: torch.Tensor, window: Optional[int | Tuple[int, int]], hw: Tuple[int, int]
 ) -> torch.Tensor:
     """
     Inverse of :func:`window_partition`: reassembles windows and crops the padding.
 
     Args:
-        windows: (B * num_windows, heads, window * window, head_dim).
-        window: the window side used to partition, or ``None`` for a single whole-map window.
+        windows: (B * num_windows, heads, win_h * win_w, head_dim).
+        window: the window size used to partition, or ``None`` for a single whole-map window.
         hw: (H, W) of the map before padding.
 
     Returns:
@@ -74,11 +78,37 @@ def window_unpartition(
     if window is None:
         # (B, nh, H * W, d) -> (B, H, W, nh, d)
         return windows.view(-1, nh, H, W, d).permute(0, 2, 3, 1, 4)
-    rows, cols = -(-H // window), -(-W // window)
-    x = windows.view(-1, rows, cols, nh, window, window, d)
-    # (B, rows, cols, nh, win, win, d) -> (B, rows, win, cols, win, nh, d)
-    x = x.permute(0, 1, 4, 2, 5, 3, 6).reshape(-1, rows * window, cols * window, nh, d)
+    win_h, win_w = to_2tuple(window)
+    rows, cols = -(-H // win_h), -(-W // win_w)
+    x = windows.view(-1, rows, cols, nh, win_h, win_w, d)
+    # (B, rows, cols, nh, win_h, win_w, d) -> (B, rows, win_h, cols, win_w, nh, d)
+    x = x.permute(0, 1, 4, 2, 5, 3, 6).reshape(-1, rows * win_h, cols * win_w, nh, d)
     return x[:, :H, :W]
+
+
+def window_bands(size: int, window: int) -> List[Tuple[slice, int, slice]]:
+    """
+    Splits one axis of a token map into the band covered by whole windows and the remainder band.
+
+    Window attention pads a map to whole windows; queries in the padding are discarded, so they
+    need not be computed. Attending band by band (whole windows, then the partial last window)
+    gives the same result for every real query without that work.
+
+    Args:
+        size: length of the axis in tokens.
+        window: window length along the axis.
+
+    Returns:
+        up to two ``(tokens, window_length, window_indexes)`` triples: the token slice of the
+        band, the window length inside it, and the slice of window positions it covers.
+    """
+    whole, rest = divmod(size, window)
+    bands = []
+    if whole:
+        bands.append((slice(0, whole * window), window, slice(0, whole)))
+    if rest:
+        bands.append((slice(whole * window, size), rest, slice(whole, whole + 1)))
+    return bands
 
 
 def relative_position_table(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Tensor:
@@ -115,6 +145,7 @@ def decomposed_rel_pos_terms(
     rel_pos_w: torch.Tensor,
     q_hw: Tuple[int, int],
     k_hw: Tuple[int, int],
+    table_q_hw: Optional[Tuple[int, int]] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """
     Computes the decomposed relative-position terms of MViTv2 attention logits.
@@ -127,14 +158,17 @@ def decomposed_rel_pos_terms(
         rel_pos_w: width table (Lw, head_dim).
         q_hw: (q_h, q_w) query grid.
         k_hw: (k_h, k_w) key grid.
+        table_q_hw: the query window the relative positions are defined on, when ``q`` holds only
+            its top-left ``q_hw`` part (a window cut by the map border); defaults to ``q_hw``.
 
     Returns:
         rel_h of shape (..., q_h * q_w, k_h) and rel_w of shape (..., q_h * q_w, k_w).
     """
     q_h, q_w = q_hw
     k_h, k_w = k_hw
-    table_h = relative_position_table(q_h, k_h, rel_pos_h).to(q.dtype)
-    table_w = relative_position_table(q_w, k_w, rel_pos_w).to(q.dtype)
+    table_h, table_w = table_q_hw or q_hw
+    table_h = relative_position_table(table_h, k_h, rel_pos_h)[:q_h].to(q.dtype)
+    table_w = relative_position_table(table_w, k_w, rel_pos_w)[:q_w].to(q.dtype)
     grid_q = q.unflatten(-2, (q_h, q_w))
     # (..., q_h, q_w, C) x (q_h, k_h, C) -> (..., q_h, q_w, k_h)
     rel_h = torch.einsum("...hwc,hkc->...hwk", grid_q, table_h)
