@@ -102,7 +102,9 @@ def window_bands(size: int, window: int) -> List[Tuple[slice, int, slice]]:
         up to two ``(tokens, window_length, window_indexes)`` triples: the token slice of the
         band, the window length inside it, and the slice of window positions it covers.
     """
-    whole, rest = divmod(size, window)
+    # int(): under torch.jit tracing (fvcore FLOP counts, export) sizes arrive as 0-dim tensors;
+    # the bands are then fixed for the traced input size, like every other shape of the trace.
+    whole, rest = divmod(int(size), window)
     bands = []
     if whole:
         bands.append((slice(0, whole * window), window, slice(0, whole)))
