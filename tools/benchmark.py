@@ -7,7 +7,8 @@ Measures, for a config, device and dtype:
   train     a full Mask R-CNN training step (forward, backward, AdamW step) on a synthetic batch
             of real instances (boxes and masks)
   infer     Mask R-CNN inference latency on one image
-as ms per iteration (median after warm-up), images/s and peak memory (CUDA), eager and/or under
+as ms per iteration (median after warm-up; the models' calls take turns, so a drift in machine
+speed affects all alike), images/s and peak memory (CUDA), eager and/or under
 torch.compile (compile time reported), plus parameter counts and FLOPs (fvcore, with a count for
 the fused attention op). Prints a table and writes JSON.
 
@@ -28,7 +29,7 @@ import sys
 import tempfile
 import time
 from contextlib import nullcontext
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 from detectron2.config import instantiate
@@ -135,33 +136,63 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def measure(fn: Callable[[], Any], args: argparse.Namespace, images: int) -> Dict[str, Any]:
-    """Median ms per call after warm-up, images/s and CUDA peak memory; first call timed apart."""
-    cuda = args.device.startswith("cuda")
-    if cuda:
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-    sync(args.device)
+def timed_call(fn: Callable[[], Any], device: str) -> float:
+    """Seconds one call takes, device work included."""
+    sync(device)
     start = time.perf_counter()
     fn()
-    sync(args.device)
-    first_s = time.perf_counter() - start
-    for _ in range(max(args.warmup - 1, 0)):
-        fn()
-    times = []
+    sync(device)
+    return time.perf_counter() - start
+
+
+def error_text(err: Exception) -> str:
+    return f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
+
+
+def measure(
+    workloads: Dict[str, Tuple[Callable[[], Any], int]], args: argparse.Namespace
+) -> Dict[str, Dict[str, Any]]:
+    """
+    Times the same workload of several models, their calls taking turns (A, B, A, B, ...), so that
+    a drift in machine speed (other jobs, clocks) affects every model alike.
+
+    Args:
+        workloads: model name -> (function running one iteration, images per iteration).
+        args: the command line (device, warmup, iters).
+
+    Returns:
+        model name -> median ms per call, images/s, CUDA peak memory of a timed call and the time
+        of the first call (compilation included), or an error for a model whose call failed.
+    """
+    cuda = args.device.startswith("cuda")
+    rows: Dict[str, Dict[str, Any]] = {}
+    running = {}
+    for name, (fn, _) in workloads.items():
+        try:
+            rows[name] = {"first_call_s": round(timed_call(fn, args.device), 2)}
+            for _ in range(max(args.warmup - 1, 0)):
+                fn()
+            running[name] = fn
+        except Exception as err:  # a failing variant is a result, not a crash
+            rows[name] = {"error": error_text(err)}
+    times: Dict[str, List[float]] = {name: [] for name in running}
+    peaks = {name: 0 for name in running}
     for _ in range(args.iters):
-        sync(args.device)
-        start = time.perf_counter()
-        fn()
-        sync(args.device)
-        times.append((time.perf_counter() - start) * 1000)
-    ms = statistics.median(times)
-    return {
-        "ms": round(ms, 2),
-        "images_per_s": round(images * 1000 / ms, 2),
-        "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3) if cuda else None,
-        "first_call_s": round(first_s, 2),
-    }
+        for name, fn in running.items():
+            if cuda:
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats()
+            times[name].append(timed_call(fn, args.device) * 1000)
+            if cuda:
+                peaks[name] = max(peaks[name], torch.cuda.max_memory_allocated())
+    for name in running:
+        ms = statistics.median(times[name])
+        rows[name].update(
+            ms=round(ms, 2),
+            images_per_s=round(workloads[name][1] * 1000 / ms, 2),
+            peak_mem_gib=round(peaks[name] / 2**30, 3) if cuda else None,
+        )
+    return rows
 
 
 def autocast(args: argparse.Namespace):
@@ -295,19 +326,16 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         report["max_rel_feature_diff_fp32"] = max_feature_difference(models, args)
 
     for compiled in modes:
-        for name, model in models.items():
-            fns = task_fns(model, args, compiled)
-            for task in tasks:
-                fn, images = fns[task]
-                try:
-                    row = measure(fn, args, images)
-                except Exception as err:  # a failing variant is a result, not a crash
-                    row = {"error": f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"}
+        workloads = {name: task_fns(model, args, compiled) for name, model in models.items()}
+        for task in tasks:
+            rows = measure({name: fns[task] for name, fns in workloads.items()}, args)
+            for name, row in rows.items():
                 row.update(model=name, task=task, compiled=compiled)
                 report["results"].append(row)
                 print(format_row(row), flush=True)
-            if compiled:
-                model.backbone = model.backbone._orig_mod  # back to eager for the next model
+        if compiled:
+            for model in models.values():
+                model.backbone = model.backbone._orig_mod  # back to eager
 
     add_ratios(report)
     print(format_table(report))

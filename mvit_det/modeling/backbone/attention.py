@@ -57,7 +57,7 @@ def _pool(x: torch.Tensor, pool: nn.Conv2d, norm: nn.Module, num_heads: int) -> 
         (B, H', W', heads, head_dim) pooled and normalised tokens.
     """
     weight = pool.weight.repeat(num_heads, 1, 1, 1)
-    # (B, H, W, C) -> (B, C, H, W), a channels-last view: no copy.
+    # (B, H, W, C) -> (B, C, H, W), a channels-last view of contiguous tokens: no copy.
     x = F.conv2d(
         x.permute(0, 3, 1, 2),
         weight,
@@ -172,7 +172,12 @@ class MultiScaleAttention(nn.Module):
             (B, H', W', dim_out) tokens, H' = ceil(H / stride_q).
         """
         nh = self.num_heads
-        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        # q, k and v as three products with row blocks of the qkv weight rather than chunks of
+        # one: each comes out contiguous, so the pooling conv runs on it in channels-last layout
+        # and its output feeds the LayerNorm without the two copies a strided chunk costs.
+        weights = self.qkv.weight.chunk(3)
+        biases = self.qkv.bias.chunk(3) if self.qkv.bias is not None else (None,) * 3
+        q, k, v = (F.linear(x, w, b) for w, b in zip(weights, biases))
         q = _pool(q, self.pool_q, self.norm_q, nh)  # (B, Hq, Wq, nh, d)
         k = _pool(k, self.pool_k, self.norm_k, nh)  # (B, Hk, Wk, nh, d)
         v = _pool(v, self.pool_v, self.norm_v, nh)

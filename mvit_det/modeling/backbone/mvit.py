@@ -490,5 +490,6 @@ class PatchEmbed(nn.Module):
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size, stride, padding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # (N, C, H, W) -> (N, H, W, C)
-        return self.proj(x).permute(0, 2, 3, 1)
+        # (N, C, H, W) -> (N, H, W, C), made contiguous once here: a permuted view would be
+        # carried through the residual adds and copied again by every LayerNorm of the stage.
+        return self.proj(x).permute(0, 2, 3, 1).contiguous()
