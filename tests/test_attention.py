@@ -77,7 +77,7 @@ def padded_window_attention(attn: MultiScaleAttention, x: torch.Tensor) -> torch
     q_win, q_hw = window_partition(q, attn.q_window)
     k_win, k_hw = window_partition(k, attn.kv_window)
     v_win, _ = window_partition(v, attn.kv_window)
-    out = attn._attend_eager(q_win, k_win, v_win, q_hw, k_hw)
+    out = attn._attend_eager(q_win, k_win, v_win, q_hw, attn._rel_pos_tables(q_hw, k_hw, q.dtype))
     out = window_unpartition(out, attn.q_window, q.shape[1:3]) + q
     return attn.proj(out.flatten(-2))
 

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from .utils import (
     decomposed_rel_pos_terms,
+    relative_position_table,
     window_bands,
     window_partition,
     window_unpartition,
@@ -182,12 +183,23 @@ class MultiScaleAttention(nn.Module):
         k = _pool(k, self.pool_k, self.norm_k, nh)  # (B, Hk, Wk, nh, d)
         v = _pool(v, self.pool_v, self.norm_v, nh)
         if self.q_window is None:
-            out = self._attend(q, k, v, None, None)
+            tables = self._rel_pos_tables(q.shape[1:3], k.shape[1:3], q.dtype)
+            out = self._attend(q, k, v, None, tables)
         else:
             out = self._attend_windows(q, k, v)
         if self.residual_pooling:
             out = out + q
         return self.proj(out.flatten(-2))
+
+    def _rel_pos_tables(
+        self, q_hw: Tuple[int, int], k_hw: Tuple[int, int], dtype: torch.dtype
+    ) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+        """The (q_h, k_h, d) and (q_w, k_w, d) relative-position embeddings, or None without."""
+        if not self.use_rel_pos:
+            return None
+        table_h = relative_position_table(q_hw[0], k_hw[0], self.rel_pos_h).to(dtype)
+        table_w = relative_position_table(q_hw[1], k_hw[1], self.rel_pos_w).to(dtype)
+        return table_h, table_w
 
     def _attend_windows(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """
@@ -196,7 +208,8 @@ class MultiScaleAttention(nn.Module):
         Keys and values are zero-padded to whole windows (the padded keys take part in the
         softmax, as in the published model). Queries are not padded: the map is attended in
         bands of whole windows and of the cut windows at the bottom and right border, so no work
-        is spent on padding queries whose outputs would be dropped.
+        is spent on padding queries whose outputs would be dropped. Cut windows use the leading
+        rows/columns of the full window's relative positions, looked up once for all bands.
         """
         B, H, W = q.shape[:3]
         kv_window = self.kv_window
@@ -205,17 +218,17 @@ class MultiScaleAttention(nn.Module):
         v_win, _ = window_partition(v, kv_window)
         grid = (B, -(-k.shape[1] // kv_window), -(-k.shape[2] // kv_window))
         k_win, v_win = k_win.unflatten(0, grid), v_win.unflatten(0, grid)
+        tables = self._rel_pos_tables((self.q_window, self.q_window), k_hw, q.dtype)
         rows = []
         for q_rows, win_h, grid_rows in window_bands(H, self.q_window):
             cols = []
             for q_cols, win_w, grid_cols in window_bands(W, self.q_window):
-                q_band = q[:, q_rows, q_cols]
                 out = self._attend(
-                    q_band,
+                    q[:, q_rows, q_cols],
                     k_win[:, grid_rows, grid_cols].flatten(0, 2),
                     v_win[:, grid_rows, grid_cols].flatten(0, 2),
                     (win_h, win_w),
-                    k_hw,
+                    tables,
                 )
                 cols.append(out)
             rows.append(torch.cat(cols, dim=2) if len(cols) > 1 else cols[0])
@@ -227,7 +240,7 @@ class MultiScaleAttention(nn.Module):
         k: torch.Tensor,
         v: torch.Tensor,
         q_window: Optional[Tuple[int, int]],
-        k_hw: Optional[Tuple[int, int]],
+        tables: Optional[Tuple[torch.Tensor, torch.Tensor]],
     ) -> torch.Tensor:
         """
         Attention of a (B, Hq, Wq, heads, d) query map that windows of ``q_window`` tile exactly.
@@ -237,25 +250,21 @@ class MultiScaleAttention(nn.Module):
             k, v: (B, Hk, Wk, heads, d) maps for global attention (``q_window`` None), or the
                 matching key/value windows (B * windows, heads, tokens, d) otherwise.
             q_window: (rows, cols) of the query windows, or None for global attention.
-            k_hw: (rows, cols) of the key windows, or None for global attention.
+            tables: relative-position embeddings from :meth:`_rel_pos_tables`, or None.
 
         Returns:
             (B, Hq, Wq, heads, d) attention outputs.
         """
         q_hw_full = (q.shape[1], q.shape[2])
-        table_q_hw = None
+        # (B, H, W, nh, d) -> (B * windows, nh, tokens, d)
+        q_win, q_hw = window_partition(q, q_window)
         if q_window is None:
-            # (B, H, W, nh, d) -> (B, nh, H * W, d)
-            q_win, q_hw = window_partition(q, None)
-            k, k_hw = window_partition(k, None)
+            k, _ = window_partition(k, None)
             v, _ = window_partition(v, None)
-        else:
-            q_win, q_hw = window_partition(q, q_window)
-            table_q_hw = (self.q_window, self.q_window)
         if resolve_attn_impl(self.attn_impl, q.device) == "sdpa":
-            out = self._attend_sdpa(q_win, k, v, q_hw, k_hw, table_q_hw)
+            out = self._attend_sdpa(q_win, k, v, q_hw, tables)
         else:
-            out = self._attend_eager(q_win, k, v, q_hw, k_hw, table_q_hw)
+            out = self._attend_eager(q_win, k, v, q_hw, tables)
         return window_unpartition(out, q_window, q_hw_full)
 
     def _attend_eager(
@@ -264,15 +273,13 @@ class MultiScaleAttention(nn.Module):
         k: torch.Tensor,
         v: torch.Tensor,
         q_hw: Tuple[int, int],
-        k_hw: Tuple[int, int],
-        table_q_hw: Optional[Tuple[int, int]] = None,
+        tables: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
     ) -> torch.Tensor:
         """Explicit softmax((q * scale) k^T + rel-pos) v on (N, heads, tokens, d) tensors."""
         attn = (q * self.scale) @ k.transpose(-2, -1)  # (N, nh, Nq, Nk)
-        if self.use_rel_pos:
-            rel_h, rel_w = decomposed_rel_pos_terms(
-                q, self.rel_pos_h, self.rel_pos_w, q_hw, k_hw, table_q_hw
-            )
+        if tables is not None:
+            rel_h, rel_w = decomposed_rel_pos_terms(q, *tables, q_hw)
+            k_hw = (tables[0].shape[1], tables[1].shape[1])
             # (N, nh, Nq, kh, kw) + (N, nh, Nq, kh, 1) + (N, nh, Nq, 1, kw)
             attn = attn.unflatten(-1, k_hw) + rel_h[..., :, None] + rel_w[..., None, :]
             attn = attn.flatten(-2)
@@ -284,8 +291,7 @@ class MultiScaleAttention(nn.Module):
         k: torch.Tensor,
         v: torch.Tensor,
         q_hw: Tuple[int, int],
-        k_hw: Tuple[int, int],
-        table_q_hw: Optional[Tuple[int, int]] = None,
+        tables: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
     ) -> torch.Tensor:
         """
         Fused attention on (N, heads, tokens, d) tensors.
@@ -294,12 +300,10 @@ class MultiScaleAttention(nn.Module):
         its rel_h (k_h values) and rel_w (k_w values) terms and each key at (m, n) with one-hot
         row and column indicators, so ``q' . k' = scale * q . k + rel_h[m] + rel_w[n]``.
         """
-        if not self.use_rel_pos:
+        if tables is None:
             return F.scaled_dot_product_attention(q, k, v, scale=self.scale)
-        rel_h, rel_w = decomposed_rel_pos_terms(
-            q, self.rel_pos_h, self.rel_pos_w, q_hw, k_hw, table_q_hw
-        )
-        k_h, k_w = k_hw
+        rel_h, rel_w = decomposed_rel_pos_terms(q, *tables, q_hw)
+        k_h, k_w = tables[0].shape[1], tables[1].shape[1]
         d = q.shape[-1]
         extra = k_h + k_w
         # Pad the augmented q/k head dim to a multiple of 8 (kernel alignment). The fused (flash)

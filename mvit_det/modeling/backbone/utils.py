@@ -142,12 +142,7 @@ def relative_position_table(q_size: int, k_size: int, rel_pos: torch.Tensor) -> 
 
 
 def decomposed_rel_pos_terms(
-    q: torch.Tensor,
-    rel_pos_h: torch.Tensor,
-    rel_pos_w: torch.Tensor,
-    q_hw: Tuple[int, int],
-    k_hw: Tuple[int, int],
-    table_q_hw: Optional[Tuple[int, int]] = None,
+    q: torch.Tensor, table_h: torch.Tensor, table_w: torch.Tensor, q_hw: Tuple[int, int]
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """
     Computes the decomposed relative-position terms of MViTv2 attention logits.
@@ -156,25 +151,19 @@ def decomposed_rel_pos_terms(
 
     Args:
         q: queries of shape (..., q_h * q_w, head_dim), not scaled.
-        rel_pos_h: height table (Lh, head_dim).
-        rel_pos_w: width table (Lw, head_dim).
+        table_h: (Qh, k_h, head_dim) embeddings of :func:`relative_position_table` for the rows,
+            Qh >= q_h: the queries may be the top part of a window cut by the map border.
+        table_w: (Qw, k_w, head_dim) the same for the columns, Qw >= q_w.
         q_hw: (q_h, q_w) query grid.
-        k_hw: (k_h, k_w) key grid.
-        table_q_hw: the query window the relative positions are defined on, when ``q`` holds only
-            its top-left ``q_hw`` part (a window cut by the map border); defaults to ``q_hw``.
 
     Returns:
         rel_h of shape (..., q_h * q_w, k_h) and rel_w of shape (..., q_h * q_w, k_w).
     """
     q_h, q_w = q_hw
-    k_h, k_w = k_hw
-    table_h, table_w = table_q_hw or q_hw
-    table_h = relative_position_table(table_h, k_h, rel_pos_h)[:q_h].to(q.dtype)
-    table_w = relative_position_table(table_w, k_w, rel_pos_w)[:q_w].to(q.dtype)
     grid_q = q.unflatten(-2, (q_h, q_w))
     # (..., q_h, q_w, C) x (q_h, k_h, C) -> (..., q_h, q_w, k_h)
-    rel_h = torch.einsum("...hwc,hkc->...hwk", grid_q, table_h)
-    rel_w = torch.einsum("...hwc,wkc->...hwk", grid_q, table_w)
+    rel_h = torch.einsum("...hwc,hkc->...hwk", grid_q, table_h[:q_h])
+    rel_w = torch.einsum("...hwc,wkc->...hwk", grid_q, table_w[:q_w])
     return rel_h.flatten(-3, -2), rel_w.flatten(-3, -2)
 
 
