@@ -26,7 +26,6 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 from contextlib import nullcontext
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -36,6 +35,7 @@ from detectron2.config import instantiate
 from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
 
+from mvit_det.checkpoint import atomic_write
 from mvit_det.model_zoo import get_config
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -284,15 +284,6 @@ def max_feature_difference(models: Dict[str, torch.nn.Module], args: argparse.Na
     return max(((ours[k] - ref[k]).abs().max() / ref[k].abs().max()).item() for k in ref)
 
 
-def write_json_atomic(path: str, payload: Dict[str, Any]) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(payload, f, indent=2)
-    os.replace(tmp, path)
-
-
 def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     args = parse_args(argv)
     tasks = args.tasks.split(",")
@@ -339,7 +330,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
 
     add_ratios(report)
     print(format_table(report))
-    write_json_atomic(args.output, report)
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    atomic_write(args.output, lambda f: f.write(json.dumps(report, indent=2).encode()))
     print(f"wrote {args.output}")
     return report
 

@@ -26,6 +26,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data import detection_utils
 from detectron2.utils.visualizer import Visualizer
 
+from mvit_det.checkpoint import atomic_write
 from mvit_det.engine.train_net import UsageError, build_argument_parser, do_test, do_train, setup
 from mvit_det.model_zoo import get_config_file
 
@@ -119,8 +120,10 @@ def main(argv: List[str]) -> int:
         "total_minutes": round(total_minutes, 2),
         "torch_threads": torch.get_num_threads(),
     }
-    with open(os.path.join(cfg.train.output_dir, "demo_results.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+    atomic_write(
+        os.path.join(cfg.train.output_dir, "demo_results.json"),
+        lambda f: f.write(json.dumps(summary, indent=2).encode()),
+    )
     print(
         f"\nCOCO AP on shapes_val, {cfg.train.max_iter} iterations in {train_minutes:.1f} min "
         f"(whole demo {total_minutes:.1f} min):"
