@@ -10,6 +10,11 @@ __all__ = ["scale_recipe", "auto_scale_recipe", "micro_batch_size"]
 logger = logging.getLogger(__name__)
 
 
+def _scaled_count(iterations: int, factor: float) -> int:
+    """An iteration count for a batch ``factor`` times larger: fewer steps, at least one."""
+    return max(1, round(iterations / factor))
+
+
 def _scale_iterations(node: Any, factor: float) -> None:
     """Divides every ``milestones`` / ``num_updates`` entry of an LR-scheduler config by factor."""
     if isinstance(node, ListConfig):
@@ -23,9 +28,9 @@ def _scale_iterations(node: Any, factor: float) -> None:
             continue  # e.g. "${train.max_iter}": follows the scaled value
         value = node[key]
         if key == "milestones":
-            node[key] = [max(1, round(m / factor)) for m in value]
+            node[key] = [_scaled_count(m, factor) for m in value]
         elif key == "num_updates" and value is not None:
-            node[key] = max(1, round(value / factor))
+            node[key] = _scaled_count(value, factor)
         else:
             _scale_iterations(value, factor)
 
@@ -57,9 +62,9 @@ def scale_recipe(cfg: DictConfig, total_batch_size: int) -> Dict[str, Any]:
     }
     cfg.dataloader.train.total_batch_size = total_batch_size
     cfg.optimizer.lr = cfg.optimizer.lr * factor
-    cfg.train.max_iter = max(1, round(cfg.train.max_iter / factor))
-    cfg.train.eval_period = max(1, round(cfg.train.eval_period / factor))
-    cfg.train.checkpointer.period = max(1, round(cfg.train.checkpointer.period / factor))
+    cfg.train.max_iter = _scaled_count(cfg.train.max_iter, factor)
+    cfg.train.eval_period = _scaled_count(cfg.train.eval_period, factor)
+    cfg.train.checkpointer.period = _scaled_count(cfg.train.checkpointer.period, factor)
     if "reference_world_size" in cfg.train:
         cfg.train.reference_world_size = max(1, round(cfg.train.reference_world_size * factor))
     _scale_iterations(cfg.lr_multiplier, factor)
