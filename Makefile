@@ -11,8 +11,11 @@ setup:
 demo: setup
 	$(PY) tools/demo.py $(ARGS)
 
+# The numerics tests run a second time on the CPU's baseline kernels (no AVX2/AVX-512), so that no
+# tolerance depends on the vector units of the machine.
 test: setup
 	$(PY) -m pytest -q tests $(ARGS)
+	ATEN_CPU_CAPABILITY=default $(PY) -m pytest -q -m numerics tests $(ARGS)
 
 benchmark: setup
 	$(PY) tools/benchmark.py $(ARGS)

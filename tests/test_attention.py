@@ -9,45 +9,22 @@ from mvit_det import MViT
 from mvit_det.modeling.backbone.attention import MultiScaleAttention, resolve_attn_impl
 from mvit_det.modeling.backbone.utils import window_bands, window_partition, window_unpartition
 
-TINY = dict(embed_dim=16, depth=5, num_heads=1, last_block_indexes=(0, 2, 3, 4))
+from helpers import TINY_MVIT, assert_grads_close, forward_backward, relative_error
+
+pytestmark = pytest.mark.numerics
 
 
 def pair(**overrides) -> tuple[MViT, MViT]:
     torch.manual_seed(0)
-    eager = MViT(**TINY, rel_pos_zero_init=False, attn_impl="eager", **overrides)
-    sdpa = MViT(**TINY, rel_pos_zero_init=False, attn_impl="sdpa", **overrides)
+    eager = MViT(**TINY_MVIT, rel_pos_zero_init=False, attn_impl="eager", **overrides)
+    sdpa = MViT(**TINY_MVIT, rel_pos_zero_init=False, attn_impl="sdpa", **overrides)
     sdpa.load_state_dict(eager.state_dict())
     return eager, sdpa
 
 
-def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-12)).item()
-
-
-def assert_grads_close(actual: dict, expected: dict, tol: float) -> None:
-    """Per-parameter relative error, measured against the largest gradient of that parameter or,
-    for parameters whose true gradient vanishes (a key-norm bias shifts every logit of a query
-    equally), against a thousandth of the largest gradient of the model."""
-    floor = 1e-3 * max(g.float().abs().max() for g in expected.values())
-    for name, grad in expected.items():
-        scale = max(grad.float().abs().max(), floor)
-        assert (actual[name].float() - grad.float()).abs().max() / scale <= tol, name
-
-
-def forward_backward(model: MViT, x: torch.Tensor) -> tuple[dict, dict]:
-    """Outputs and parameter gradients of a fixed random linear functional of the outputs."""
-    model.zero_grad()
-    out = model(x)
-    generator = torch.Generator().manual_seed(1)
-    weights = [torch.randn(f.shape, generator=generator) for f in out.values()]
-    sum((f.float() * w).sum() for f, w in zip(out.values(), weights)).backward()
-    module = getattr(model, "_orig_mod", model)  # a torch.compile wrapper's parameters
-    return out, {n: p.grad.clone() for n, p in module.named_parameters()}
-
-
 def test_auto_picks_the_fused_core():
-    assert resolve_attn_impl("auto", torch.device("cpu")) == "sdpa"
-    assert resolve_attn_impl("eager", torch.device("cpu")) == "eager"
+    assert resolve_attn_impl("auto") == "sdpa"
+    assert resolve_attn_impl("eager") == "eager"
 
 
 def test_window_bands_split_whole_and_cut_windows():
@@ -138,24 +115,49 @@ def test_fused_equals_eager_without_rel_pos_and_residual_pooling():
     assert not any(hasattr(b.attn, "rel_pos_h") for b in sdpa.blocks)
 
 
+def normwise_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """||actual - expected|| / ||expected||, in fp64."""
+    return ((actual.double() - expected.double()).norm() / expected.double().norm()).item()
+
+
+def gradient_errors(actual: dict, expected: dict) -> dict:
+    """Norm-wise relative error of each parameter's gradient. Parameters whose true gradient
+    vanishes (RMS below a thousandth of the largest parameter's RMS: e.g. a key-norm bias
+    shifts every logit of a query equally) are left out: their low-precision gradient is
+    rounding noise, and comparing noise with noise depends on the CPU's kernels."""
+    rms = {n: g.double().pow(2).mean().sqrt().item() for n, g in expected.items()}
+    floor = 1e-3 * max(rms.values())
+    return {n: normwise_error(actual[n], g) for n, g in expected.items() if rms[n] > floor}
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_fused_is_as_accurate_as_eager_under_autocast(dtype):
-    """Under autocast both cores round; the fused one must stay as close to the fp32 result as
-    the explicit one (normal low-precision tolerance)."""
+    """Under autocast both cores round. Measured against the fp32 result, the fused core must be
+    about as accurate as the explicit one: per output, over all gradients together, and for
+    every single parameter's gradient (no parameter worse than the explicit core's worst). The
+    margins (1.5x) hold under every CPU capability and thread count; a broken fused path (e.g.
+    relative positions rounded away) is many times worse."""
     eager, sdpa = pair()
     x = torch.randn(2, 3, 96, 128)
     out_ref, grad_ref = forward_backward(eager, x)
     with torch.autocast("cpu", dtype=dtype):
         out_e, grad_e = forward_backward(eager, x)
         out_s, grad_s = forward_backward(sdpa, x)
-
-    def worst(outs: dict, ref: dict) -> float:
-        return max(relative_error(outs[n], ref[n]) for n in ref)
-
     assert all(out_s[n].dtype == out_e[n].dtype == dtype for n in out_s)
-    assert worst(out_s, out_ref) <= 2 * worst(out_e, out_ref) + 1e-3
-    assert worst(out_s, out_ref) <= 5e-2
-    assert worst(grad_s, grad_ref) <= 2 * worst(grad_e, grad_ref) + 1e-3
+    for name, ref in out_ref.items():
+        assert normwise_error(out_s[name], ref) <= 1.5 * normwise_error(out_e[name], ref), name
+
+    def flat(grads: dict) -> torch.Tensor:
+        return torch.cat([grads[n].flatten() for n in grad_ref])
+
+    assert normwise_error(flat(grad_s), flat(grad_ref)) <= 1.5 * normwise_error(
+        flat(grad_e), flat(grad_ref)
+    )
+    fused, explicit = gradient_errors(grad_s, grad_ref), gradient_errors(grad_e, grad_ref)
+    worst_explicit = max(explicit.values())
+    assert worst_explicit < 0.5  # the comparison itself is meaningful
+    for name, err in fused.items():
+        assert err <= 1.5 * worst_explicit, (name, err, worst_explicit)
 
 
 def test_fused_core_builds_no_query_by_key_tensor(monkeypatch):
@@ -176,39 +178,3 @@ def test_fused_core_builds_no_query_by_key_tensor(monkeypatch):
     assert largest and largest[0][0][-2] == 1024 and largest[0][1][-2] == 1024
     biggest = max(e.cpu_memory_usage for e in prof.function_events)
     assert biggest < 1024 * 1024 * 4  # one fp32 1024x1024 attention matrix per head would be 4 MiB
-
-
-@pytest.mark.parametrize("attn_impl", ["eager", "sdpa"])
-@pytest.mark.parametrize("checkpointing", [False, True])
-def test_compile_fullgraph_without_graph_breaks(attn_impl, checkpointing):
-    """The whole backbone traces as one graph (no break inside or between blocks), forward and
-    backward (AOTAutograd), and gives the eager results."""
-    torch._dynamo.reset()
-    torch.manual_seed(0)
-    model = MViT(
-        **TINY, rel_pos_zero_init=False, attn_impl=attn_impl, use_act_checkpoint=checkpointing
-    ).train()
-    x = torch.randn(1, 3, 64, 96)
-    expected, grads = forward_backward(model, x)
-    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
-    actual, compiled_grads = forward_backward(compiled, x)
-    for name in expected:
-        assert relative_error(actual[name], expected[name]) <= 1e-5
-    assert_grads_close(compiled_grads, grads, 1e-5)
-
-
-def test_compile_with_inductor():
-    """Inductor (the default torch.compile backend) generates code for a block that matches."""
-    torch._dynamo.reset()
-    torch.manual_seed(0)
-    model = MViT(**TINY, rel_pos_zero_init=False).train()
-    block = model.blocks[1]  # stage start: channel expansion, q pooling, windows, rel-pos
-    x = torch.randn(1, 16, 24, 16, requires_grad=True)
-    expected = block(x)
-    expected.sum().backward()
-    grad_expected = x.grad.clone()
-    x.grad = None
-    actual = torch.compile(block, fullgraph=True)(x)
-    actual.sum().backward()
-    assert relative_error(actual, expected) <= 1e-5
-    assert relative_error(x.grad, grad_expected) <= 1e-4

@@ -14,25 +14,25 @@ from detectron2.modeling import build_backbone
 from detectron2.modeling.backbone import FPN
 from detectron2.modeling.backbone.fpn import LastLevelMaxPool
 
+from mvit_det.modeling.backbone import mvit_block_layout
 from mvit_det import (
     MVIT_PRESETS,
     MViT,
     add_mvit_config,
     apply_mvit_preset,
+    mvit_kwargs_from_cfg,
     build_mvit_fpn,
     mvit_preset,
 )
 
-TINY = dict(embed_dim=16, depth=5, num_heads=1, last_block_indexes=(0, 2, 3, 4))
+from helpers import TINY_MVIT, relative_error
+
+TINY = TINY_MVIT
 
 
 def tiny_mvit(**overrides) -> MViT:
     torch.manual_seed(0)
     return MViT(**{**TINY, "rel_pos_zero_init": False, **overrides})
-
-
-def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item()
 
 
 @pytest.mark.parametrize("size", [(224, 224), (320, 480), (300, 410), (64, 64)])
@@ -60,24 +60,53 @@ def test_out_features_subset():
 
 def test_block_layout_follows_the_published_rules():
     model = MViT(**mvit_preset("B"))
-    cfgs = model.block_configs
+    specs = model.block_specs
     last = MVIT_PRESETS["B"]["last_block_indexes"]
-    global_blocks = [i for i, c in enumerate(cfgs) if c["window"] == 0]
+    assert [s.index for s in specs] == list(range(24))
+    global_blocks = [s.index for s in specs if s.window == 0]
     assert global_blocks == list(last[1:])
-    # first block of stages 3-5 pools q; kv stride 4/2/1/1 doubled in the last block of stages 3, 4
-    assert [i for i, c in enumerate(cfgs) if c["stride_q"] == 2] == [i + 1 for i in last[:3]]
+    # first block of stages 3-5 pools q and doubles channels and heads
+    assert [s.index for s in specs if s.stride_q == 2] == [i + 1 for i in last[:3]]
+    assert [s.index for s in specs if s.dim_out != s.dim] == [i + 1 for i in last[:3]]
+    assert [(s.dim_out, s.num_heads) for s in specs if s.index in last] == [
+        (96, 1), (192, 2), (384, 4), (768, 8)
+    ]  # fmt: skip
+    # kv stride 4/2/1/1, doubled in the last block of stages 3 and 4
     expected_kv = {2: 4, 3: 2, 4: 1, 5: 1}
-    for i, c in enumerate(cfgs):
-        doubled = i in (last[1], last[2])
-        assert c["stride_kv"] == expected_kv[c["stage"]] * (2 if doubled else 1), i
+    for s in specs:
+        doubled = s.index in (last[1], last[2])
+        assert s.stride_kv == expected_kv[s.stage] * (2 if doubled else 1), s.index
     # windows in tokens of the block's input map: 56 in stage 2 and the first block of stage 3
-    windows = {i: c["window"] for i, c in enumerate(cfgs) if c["window"]}
+    windows = {s.index: s.window for s in specs if s.window}
     assert windows[0] == windows[last[0]] == windows[last[0] + 1] == 56
     assert windows[last[0] + 2] == 28 and windows[last[1] + 1] == 28
     assert windows[last[1] + 2] == 14 and windows[last[2] + 1] == 14
+    assert [s.input_size for s in specs[last[0] : last[0] + 3]] == [56, 56, 28]
+    # stochastic depth rises linearly to the rate of the last block
+    assert specs[0].drop_path == 0 and specs[-1].drop_path == pytest.approx(0.4)
     # rel-pos table for the first block of stage 3: S = 56, q stride 2, kv stride 2 -> 2*28-1
     assert model.blocks[last[0] + 1].attn.rel_pos_h.shape == (55, 96)  # 192 ch, 2 heads
     assert model.blocks[0].attn.rel_pos_h.shape == (111, 96)
+
+
+def test_block_layout_is_a_pure_function():
+    kwargs = dict(
+        embed_dim=8,
+        depth=4,
+        num_heads=1,
+        last_block_indexes=(0, 1, 2, 3),
+        global_blocks={3},
+        adaptive_kv_stride=4,
+        adaptive_window_size=16,
+        double_kv_stride_in_last_blocks=False,
+        drop_path_rate=0.3,
+        input_size=56,
+    )
+    specs = mvit_block_layout(**kwargs)
+    assert specs == mvit_block_layout(**kwargs)
+    assert [(s.stage, s.dim, s.dim_out, s.stride_kv, s.window) for s in specs] == [
+        (2, 8, 8, 4, 16), (3, 8, 16, 2, 16), (4, 16, 32, 1, 8), (5, 32, 64, 1, 0)
+    ]  # fmt: skip
 
 
 def test_window_covering_the_whole_map_equals_global_attention():
@@ -102,7 +131,7 @@ def test_window_covering_the_whole_map_equals_global_attention():
 
 def test_explicit_global_block_indexes():
     model = tiny_mvit(global_block_indexes=(0, 4))
-    assert [c["window"] == 0 for c in model.block_configs] == [True, False, False, False, True]
+    assert [s.window == 0 for s in model.block_specs] == [True, False, False, False, True]
 
 
 @pytest.mark.parametrize("attn_impl", ["eager", "sdpa"])
@@ -146,7 +175,7 @@ def test_abs_pos_embedding_is_resized_with_class_token_slot():
 def expected_parameter_count(
     embed_dim: int, depth: int, num_heads: int, last_block_indexes, **_
 ) -> int:
-    """Counts parameters from the architecture description (SPEC section 2), not the code."""
+    """Counts parameters from the architecture rules (docs/architecture.md), not the code."""
     total = 3 * embed_dim * 49 + embed_dim  # patch embedding
     dim, heads = embed_dim, num_heads
     grid = 56  # side of the block's input map at 224
@@ -209,6 +238,43 @@ def test_fpn_helper_and_lazy_config():
     assert lazy_fpn(torch.randn(1, 3, 64, 64))["p6"].shape == (1, 32, 1, 1)
 
 
+def test_presets_set_the_same_keys_so_they_replace_each_other():
+    keys = {size: set(p) for size, p in MVIT_PRESETS.items()}
+    assert all(k == keys["B"] for k in keys.values()), keys
+    lazy = L(MViT)(**mvit_preset("H"))
+    lazy.update(mvit_preset("B"))
+    assert dict(lazy) == dict(L(MViT)(**mvit_preset("B")))
+    assert lazy.use_act_checkpoint is False
+    cfg = add_mvit_config(get_cfg())
+    apply_mvit_preset(cfg, "H")
+    apply_mvit_preset(cfg, "B")
+    assert cfg.MODEL.MVIT == add_mvit_config(get_cfg()).MODEL.MVIT
+
+
+def test_yacs_keys_are_the_mvit_arguments():
+    import inspect
+
+    params = set(inspect.signature(MViT).parameters) - {"in_chans", "act_layer", "norm_layer"}
+    cfg = add_mvit_config(get_cfg())
+    assert set(cfg.MODEL.MVIT) == {p.upper() for p in params} | {"NORM_EPS"}
+    # every key reaches the model: non-default values round-trip through the translation
+    chosen = dict(
+        mvit_preset("T"),
+        adaptive_window_size=28,
+        attention_mode="window",
+        attn_impl="eager",
+        out_features=("scale3", "scale4"),
+        qkv_bias=False,
+    )
+    for name, value in chosen.items():
+        cfg.MODEL.MVIT[name.upper()] = list(value) if isinstance(value, tuple) else value
+    cfg.MODEL.MVIT.NORM_EPS = 1e-5
+    kwargs = mvit_kwargs_from_cfg(cfg, in_chans=4)
+    assert {k: kwargs[k] for k in chosen} == chosen
+    assert kwargs["in_chans"] == 4 and kwargs["norm_layer"](8).eps == 1e-5
+    assert set(kwargs) == params | {"in_chans", "norm_layer"}
+
+
 def test_registry_builder_for_yacs_configs():
     cfg = get_cfg()
     add_mvit_config(cfg)
@@ -241,6 +307,13 @@ def test_registry_builder_for_yacs_configs():
         (dict(out_features=("scale6",)), "must be a subset of"),
         (dict(num_heads=3), "embed_dim=16 must be divisible by num_heads=3"),
         (dict(depth=3, last_block_indexes=(0, 1, 2, 2)), "depth=3 must be an int >= 4"),
+        (dict(num_heads=0), "num_heads=0 must be an int >= 1"),
+        (dict(embed_dim=0), "embed_dim=0 must be an int >= 1"),
+        (dict(patch_stride=0), "patch_stride=0 must be an int or a pair of ints >= 1"),
+        (dict(patch_kernel=(7, 7, 7)), "patch_kernel=(7, 7, 7) must be an int or a pair"),
+        (dict(qkv_pool_kernel=(2, 2)), "qkv_pool_kernel=(2, 2) must be odd"),
+        (dict(drop_path_rate=1.0), "drop_path_rate=1.0 must be in [0, 1)"),
+        (dict(drop_path_rate=-0.1), "drop_path_rate=-0.1 must be in [0, 1)"),
     ],
 )
 def test_bad_constructor_arguments(kwargs, message):
@@ -256,6 +329,7 @@ def test_bad_constructor_arguments(kwargs, message):
         (torch.randn(1, 1, 64, 64), "got (1, 1, 64, 64)"),
         (torch.zeros(1, 3, 64, 64, dtype=torch.uint8), "floating-point images, got dtype"),
         ([torch.randn(3, 64, 64)], "got list"),
+        (torch.randn(1, 3, 64, 64, dtype=torch.float64), "images of dtype torch.float64 but its"),
     ],
 )
 def test_bad_inputs(x, message):

@@ -2,16 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import torch
 from fvcore.nn import FlopCountAnalysis
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-spec = importlib.util.spec_from_file_location("benchmark", os.path.join(ROOT, "tools/benchmark.py"))
-benchmark = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(benchmark)
+from mvit_det.tools import benchmark
 
 
 class Attention(torch.nn.Module):

@@ -6,7 +6,6 @@ random): the real checkpoints cannot be downloaded here.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import pickle
@@ -28,11 +27,11 @@ from mvit_det.checkpoint import (
     MViTCheckpointer,
     NotACheckpointError,
     TruncatedCheckpointError,
-    atomic_write,
     read_checkpoint,
 )
+from mvit_det.tools import convert_checkpoint as convert_tool
+from mvit_det.utils.file_io import atomic_write
 
-REPO = Path(__file__).resolve().parents[1]
 CLASSIFIER_KEYS = {"cls_token", "norm.weight", "norm.bias", "head.projection.weight"}
 CLASSIFIER_KEYS |= {"head.projection.bias"}
 TINY = dict(embed_dim=16, depth=4, num_heads=1, last_block_indexes=(0, 1, 2, 3))
@@ -131,15 +130,6 @@ class Detector(nn.Module):
         self.backbone = build_mvit_fpn(MViT(**mvit_kwargs))
 
 
-def load_convert_tool():
-    spec = importlib.util.spec_from_file_location(
-        "convert_checkpoint", REPO / "tools/convert_checkpoint.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def t_pyth(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_pyth(
@@ -188,7 +178,7 @@ def test_convert_tool_official_to_pkl(
 ) -> None:
     """The tool writes a model-zoo .pkl that plain Detectron2 loads with every backbone key."""
     out = tmp_path / "mvitv2_t_in1k.pkl"
-    assert load_convert_tool().main([str(t_pyth), str(out), "--model", "T"]) == 0
+    assert convert_tool.main([str(t_pyth), str(out), "--model", "T"]) == 0
     printed = capsys.readouterr().out
     assert "missing : 0" in printed and "dropped : 5" in printed and "new     : 8" in printed
     with open(out, "rb") as f:
@@ -261,7 +251,7 @@ def test_wrong_architecture_is_refused(tmp_path: Path, capsys: pytest.CaptureFix
     assert "the model is MViTv2-T (embed_dim=96, depth=10" in message
 
     out = tmp_path / "out.pkl"
-    assert load_convert_tool().main([str(path), str(out), "--model", "T"]) == 2
+    assert convert_tool.main([str(path), str(out), "--model", "T"]) == 2
     assert "MViTv2-B" in capsys.readouterr().err and not out.exists()
 
 
@@ -291,7 +281,7 @@ def test_missing_backbone_keys(tmp_path: Path, capsys: pytest.CaptureFixture) ->
     ]
 
     out = tmp_path / "out.pkl"
-    tool = load_convert_tool()
+    tool = convert_tool
     tiny_config = tmp_path / "tiny_config.py"
     tiny_config.write_text(
         "from detectron2.config import LazyCall as L\n"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import pickle
 import subprocess
 import sys
@@ -21,8 +20,11 @@ from detectron2.structures import Instances
 
 from mvit_det import MViT, mvit_preset
 from mvit_det.checkpoint import MViTCheckpointer
+from mvit_det.tools import convert_checkpoint as convert_tool
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO
+
+pytestmark = pytest.mark.numerics
 
 
 def build_mask_rcnn_t(seed: int) -> nn.Module:
@@ -85,10 +87,7 @@ def test_converted_pkl_loads_in_plain_detectron2(published, tmp_path: Path) -> N
     """convert_checkpoint.py output: plain DetectionCheckpointer, identical predictions."""
     path, expected = published
     out = tmp_path / "converted.pkl"
-    spec = importlib.util.spec_from_file_location("convert", REPO / "tools/convert_checkpoint.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    assert tool.main([str(path), str(out), "--model", "T"]) == 0
+    assert convert_tool.main([str(path), str(out), "--model", "T"]) == 0
 
     model = build_mask_rcnn_t(seed=2)
     DetectionCheckpointer(model).load(str(out))

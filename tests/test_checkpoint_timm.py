@@ -16,6 +16,8 @@ from timm.models.mvitv2 import MultiScaleVit, MultiScaleVitCfg
 from mvit_det import MViT, build_mvit_fpn, mvit_preset
 from mvit_det.checkpoint import ArchitectureMismatchError, MViTCheckpointer, read_checkpoint
 
+pytestmark = pytest.mark.numerics
+
 # timm's classification mvitv2: LayerNorm eps 1e-6, no KV-stride doubling in the last blocks.
 TIMM_EQUIVALENT = dict(norm_layer=partial(nn.LayerNorm, eps=1e-6), drop_path_rate=0.0)
 TIMM_EQUIVALENT.update(attention_mode="global", double_kv_stride_in_last_blocks=False)
@@ -52,7 +54,8 @@ def stage_features(model: MViT, x: torch.Tensor) -> List[torch.Tensor]:
         model.blocks[i].register_forward_hook(
             lambda module, args, out: features.append(out.permute(0, 3, 1, 2))
         )
-        for i in model._last_block_indexes
+        for i, spec in enumerate(model.block_specs)
+        if i + 1 == len(model.block_specs) or model.block_specs[i + 1].stage != spec.stage
     ]
     try:
         with torch.no_grad():

@@ -13,13 +13,13 @@ from detectron2.data import transforms as T
 from detectron2.modeling.roi_heads import CascadeROIHeads
 from detectron2.utils.events import EventStorage
 
-from fixtures_shapes import shapes_datasets_root  # noqa: F401  (fixture)
 from mvit_det import MVIT_PRESETS, MViT
 from mvit_det.data import lsj_train_augmentations
 from mvit_det.engine import apply_overrides_checked
 from mvit_det.model_zoo import get_config, list_configs
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import REPO
+
 SIZES = ("t", "s", "b", "l", "h")
 RECIPES = [f"{m}_mvitv2_{s}.py" for m in ("mask_rcnn", "cascade_mask_rcnn") for s in SIZES]
 TINY_BACKBONE = [
@@ -48,7 +48,9 @@ def test_recipe_facts(name):
     assert bottom_up.get("use_act_checkpoint", False) == (size == "h")
     assert cfg.model.backbone.out_channels == 256
     assert list(cfg.model.backbone.in_features) == ["scale2", "scale3", "scale4", "scale5"]
-    assert list(cfg.model.proposal_generator.head.conv_dims) == [-1, -1]
+    # RPN convs as the published models: one for Mask R-CNN, two for Cascade Mask R-CNN.
+    rpn_convs = [-1, -1] if name.startswith("cascade") else [-1]
+    assert list(cfg.model.proposal_generator.head.get("conv_dims", [-1])) == rpn_convs
     assert cfg.model.input_format == "RGB"
     assert list(cfg.model.pixel_mean) == [123.675, 116.28, 103.53]
     # LSJ at 1024 with box recomputation, 64 images per iteration.

@@ -14,7 +14,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 from pycocotools import mask as mask_utils
 
-from fixtures_shapes import TINY_SIZES, shapes_datasets_root  # noqa: F401  (fixture)
+from helpers import REPO, TINY_SIZES
 from mvit_det.data import (
     SHAPE_CLASSES,
     DatasetError,
@@ -25,8 +25,6 @@ from mvit_det.data import (
     register_coco_dataset,
 )
 from mvit_det.data.shapes import shapes_dataset_files
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _digest(root: str) -> str:

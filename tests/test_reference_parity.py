@@ -11,6 +11,10 @@ import torch.nn as nn
 
 from mvit_det import MViT, mvit_preset
 
+from helpers import relative_error
+
+pytestmark = pytest.mark.numerics
+
 reference = pytest.importorskip(
     "detectron2.modeling.backbone.mvit", reason="this Detectron2 build has no MViT to compare with"
 )
@@ -23,10 +27,6 @@ SMALL = dict(
     norm_layer=partial(nn.LayerNorm, eps=1e-6),
     rel_pos_zero_init=False,
 )
-
-
-def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).abs().max() / b.abs().max()).item()
 
 
 @pytest.mark.parametrize("size", ["T", "B"])
@@ -58,4 +58,4 @@ def test_outputs_match_reference(attn_impl, use_abs_pos, hw):
 def test_global_and_window_blocks_both_covered():
     # 320x480 has maps that are not multiples of the windows (padding) and global blocks.
     model = MViT(**SMALL)
-    assert {c["window"] for c in model.block_configs} >= {0, 56, 28}
+    assert {spec.window for spec in model.block_specs} >= {0, 56, 28}

@@ -11,10 +11,10 @@ import warnings
 
 import pytest
 
-from fixtures_shapes import shapes_datasets_root  # noqa: F401  (fixture)
 from mvit_det.engine.train_net import build_argument_parser, main, run_cli
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import REPO
+
 TOOL = os.path.join(REPO, "tools", "lazyconfig_train_net.py")
 DEMO = "configs/demo/mask_rcnn_mvitv2_shapes.py"
 # The demo config with a 4-block, 16-dim MViT and small batches at 128 px.

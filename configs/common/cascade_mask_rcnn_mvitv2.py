@@ -49,3 +49,5 @@ model.roi_heads.update(
     ],
 )
 model.roi_heads.mask_head.conv_norm = sync_bn
+# Two 3x3 convs in the RPN head, as the published Cascade models.
+model.proposal_generator.head.conv_dims = [-1, -1]

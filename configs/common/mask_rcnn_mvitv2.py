@@ -1,4 +1,4 @@
-"""Root config: Mask R-CNN with an MViTv2 + FPN backbone, LSJ 1024, 3x schedule (SPEC section 4).
+"""Root config: Mask R-CNN with an MViTv2 + FPN backbone, LSJ 1024, 3x schedule.
 
 The size-specific files (configs/mask_rcnn_mvitv2_{t,s,b,l,h}.py) pick the MViTv2 size, the
 ImageNet weights and the learning rate; this file is MViTv2-B.
@@ -31,6 +31,6 @@ model.backbone.bottom_up = L(MViT)(
     out_features=("scale2", "scale3", "scale4", "scale5"),
 )
 model.backbone.in_features = "${.bottom_up.out_features}"
-model.proposal_generator.head.conv_dims = [-1, -1]  # two 3x3 convs in the RPN head
+# The RPN head keeps Detectron2's default of one 3x3 conv, as the published Mask R-CNN models.
 
 train.init_checkpoint = IMAGENET_WEIGHTS.format("B_in1k")

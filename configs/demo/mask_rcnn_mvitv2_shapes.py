@@ -1,7 +1,7 @@
 """A small MViTv2 Mask R-CNN on the synthetic shapes dataset, trainable on a CPU in minutes.
 
 The detector, LSJ pipeline, optimizer and schedule are those of configs/mask_rcnn_mvitv2_*.py,
-shrunk: a 6-block MViTv2 with embed dim 32, FPN, RPN and box head at 128 channels (one RPN conv),
+shrunk: a 6-block MViTv2 with embed dim 32, FPN, RPN and box head at 128 channels,
 a 2-conv mask head at 64 channels, 128 RoIs per image (half positive), 4 images of 192x192 per
 iteration with a milder scale jitter (0.8-1.25), trained from scratch on ``shapes_train``
 (generated on first use) and evaluated on ``shapes_val``.
@@ -20,7 +20,6 @@ model.backbone.bottom_up.update(
 )
 model.backbone.out_channels = CHANNELS
 model.proposal_generator.head.in_channels = CHANNELS
-model.proposal_generator.head.conv_dims = [-1]
 model.proposal_generator.anchor_generator.sizes = [[16], [32], [64], [128], [256]]
 model.proposal_generator.pre_nms_topk = (1000, 500)
 model.proposal_generator.post_nms_topk = (500, 200)

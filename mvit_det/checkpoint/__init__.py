@@ -1,19 +1,15 @@
 """Loading and converting MViT weights: official ImageNet, timm and Detectron2 checkpoints."""
 
 from .checkpointer import MViTCheckpointer
-from .io import (
+from .errors import (
     ArchitectureMismatchError,
     CheckpointError,
-    CheckpointFile,
     CheckpointNotFoundError,
     MissingBackboneKeysError,
     NotACheckpointError,
     TruncatedCheckpointError,
-    atomic_write,
-    read_checkpoint,
-    resolve_local_path,
-    save_checkpoint,
 )
+from .io import CheckpointFile, read_checkpoint, resolve_local_path, save_checkpoint
 from .mapping import LoadReport, adapt_state_dict, describe_backbone, find_mvit, timm_to_flat
 
 __all__ = [
@@ -27,7 +23,6 @@ __all__ = [
     "NotACheckpointError",
     "TruncatedCheckpointError",
     "adapt_state_dict",
-    "atomic_write",
     "describe_backbone",
     "find_mvit",
     "read_checkpoint",

@@ -10,7 +10,9 @@ import torch.nn as nn
 from detectron2.checkpoint import DetectionCheckpointer
 from fvcore.common.checkpoint import _IncompatibleKeys
 
-from .io import MissingBackboneKeysError, atomic_write, read_checkpoint, resolve_local_path
+from ..utils.file_io import atomic_write
+from .errors import MissingBackboneKeysError
+from .io import read_checkpoint, resolve_local_path
 from .mapping import LoadReport, adapt_state_dict, find_mvit
 
 __all__ = ["MViTCheckpointer"]

@@ -1,33 +1,28 @@
-"""Reading checkpoint files of every supported container, and writing them atomically."""
+"""Reading checkpoint files of every supported container, and writing Detectron2 ones."""
 
 from __future__ import annotations
 
 import logging
 import os
 import pickle
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
-from typing import IO, Any, Callable, Dict, Mapping
+from typing import Any, Dict, Mapping
 
 import numpy as np
 import torch
 from detectron2.utils.file_io import PathManager
 from safetensors.torch import load_file as load_safetensors
 
-__all__ = [
-    "CheckpointError",
-    "CheckpointNotFoundError",
-    "TruncatedCheckpointError",
-    "NotACheckpointError",
-    "ArchitectureMismatchError",
-    "MissingBackboneKeysError",
-    "CheckpointFile",
-    "read_checkpoint",
-    "resolve_local_path",
-    "atomic_write",
-    "save_checkpoint",
-]
+from ..utils.file_io import atomic_write
+from .errors import (
+    CheckpointError,
+    CheckpointNotFoundError,
+    NotACheckpointError,
+    TruncatedCheckpointError,
+)
+
+__all__ = ["CheckpointFile", "read_checkpoint", "resolve_local_path", "save_checkpoint"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,30 +32,6 @@ _ZIP_MAGIC = b"PK\x03\x04"
 _PICKLE_PROTO = 0x80
 # How torch, pickle and safetensors say that data ended early.
 _TRUNCATION_HINTS = ("truncated", "incomplete", "eof", "end of file")
-
-
-class CheckpointError(RuntimeError):
-    """Base class of every error raised while reading, mapping or loading a checkpoint."""
-
-
-class CheckpointNotFoundError(CheckpointError):
-    """The path does not exist, or the URL could not be fetched."""
-
-
-class TruncatedCheckpointError(CheckpointError):
-    """The file is a checkpoint container that ends early (interrupted download or copy)."""
-
-
-class NotACheckpointError(CheckpointError):
-    """The file is not a checkpoint at all, or holds no weights."""
-
-
-class ArchitectureMismatchError(CheckpointError):
-    """The weights are for another architecture than the model's."""
-
-
-class MissingBackboneKeysError(CheckpointError):
-    """Loading would leave backbone parameters at their random initialisation."""
 
 
 @dataclass
@@ -229,7 +200,7 @@ def _as_tensors(state: Mapping[str, Any], path: str) -> Dict[str, torch.Tensor]:
             f"not tensors, e.g. {shown}"
         )
     return {
-        k: torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v
+        k: torch.from_numpy(np.asarray(v, order="C")) if isinstance(v, np.ndarray) else v
         for k, v in state.items()
     }
 
@@ -261,41 +232,6 @@ def read_checkpoint(path: str) -> CheckpointFile:
             extra = {k: v for k, v in obj.items() if k != key}
             return CheckpointFile(path, container, kind, _as_tensors(obj[key], path), extra)
     return CheckpointFile(path, container, "state_dict", _as_tensors(obj, path))
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path: str, write: Callable[[IO[bytes]], None]) -> None:
-    """
-    Writes a file so that it appears whole or not at all.
-
-    The data goes to a temporary file in the same directory, which is flushed to disk and then
-    renamed over ``path`` (``os.replace`` is atomic within a file system). A crash leaves at most
-    a hidden ``.name.*.tmp`` file, never a half-written ``path``.
-
-    Args:
-        path: destination file.
-        write: called with the open temporary file (binary mode).
-    """
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def save_checkpoint(state: Mapping[str, torch.Tensor], path: str) -> None:

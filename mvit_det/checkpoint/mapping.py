@@ -10,11 +10,10 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ..modeling.backbone import MVIT_PRESETS, MViT
-from ..modeling.backbone.utils import resize_abs_pos
-from .io import ArchitectureMismatchError
+from ..modeling.backbone.utils import resize_abs_pos, resize_rel_pos
+from .errors import ArchitectureMismatchError
 
 __all__ = [
     "LoadReport",
@@ -255,13 +254,6 @@ class LoadReport:
         return "\n".join(lines)
 
 
-def _resize_rel_pos(table: torch.Tensor, length: int) -> torch.Tensor:
-    """Linearly interpolates a (L, head_dim) relative-position table to ``length`` entries."""
-    # (L, C) -> (1, C, L) -> (1, C, length) -> (length, C)
-    resized = F.interpolate(table.float().t().unsqueeze(0), size=length, mode="linear")
-    return resized.squeeze(0).t().to(table.dtype).contiguous()
-
-
 def _has_cls_slot(num_positions: int) -> bool:
     """Whether an absolute position table of this length has a leading class-token slot."""
     if math.isqrt(num_positions) ** 2 == num_positions:
@@ -289,7 +281,7 @@ def _resize(key: str, value: torch.Tensor, shape: Shape) -> Optional[torch.Tenso
     """Resizes a position table to ``shape`` when that is well defined; None otherwise."""
     if key.endswith(("attn.rel_pos_h", "attn.rel_pos_w")):
         if value.dim() == 2 and len(shape) == 2 and value.shape[1] == shape[1]:
-            return _resize_rel_pos(value, shape[0])
+            return resize_rel_pos(value, shape[0]).contiguous()
     elif key == "pos_embed":
         if value.dim() == 3 and len(shape) == 3 and value.shape[2] == shape[2]:
             return _resize_abs_pos(value, shape)

@@ -1,7 +1,7 @@
 """Training utilities: gradient-accumulation/AMP trainer, recipe scaling, checked config
 overrides, and the train/eval entry points of tools/lazyconfig_train_net.py."""
 
-from .config import ConfigOverrideError, apply_overrides_checked
+from .overrides import ConfigOverrideError, apply_overrides_checked
 from .scaling import auto_scale_recipe, micro_batch_size, scale_recipe
 from .trainer import AccumulationTrainer
 

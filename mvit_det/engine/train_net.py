@@ -32,8 +32,8 @@ from ..data import (
     register_coco_dataset,
     register_datasets_from_config,
 )
-from ..model_zoo import get_config_file, list_configs
-from .config import ConfigOverrideError, apply_overrides_checked
+from ..model_zoo import resolve_config_file
+from .overrides import ConfigOverrideError, apply_overrides_checked
 from .scaling import auto_scale_recipe, micro_batch_size, scale_recipe
 from .trainer import AccumulationTrainer
 
@@ -110,15 +110,10 @@ def _resolve_config_file(config_file: str) -> str:
         raise UsageError(
             "--config-file is required, e.g. --config-file configs/mask_rcnn_mvitv2_b.py"
         )
-    if os.path.isfile(config_file):
-        return config_file
     try:
-        return get_config_file(config_file)  # a shipped config by name
-    except FileNotFoundError:
-        raise UsageError(
-            f"Config file '{config_file}' does not exist. Give a path, or the name of a shipped "
-            f"config: {', '.join(list_configs())}."
-        ) from None
+        return resolve_config_file(config_file)
+    except FileNotFoundError as e:
+        raise UsageError(str(e)) from None
 
 
 def load_config(args: argparse.Namespace, world_size: int = 1) -> DictConfig:

@@ -11,7 +11,7 @@ from typing import List
 from detectron2.config import LazyConfig
 from omegaconf import DictConfig
 
-__all__ = ["get_config", "get_config_file", "list_configs"]
+__all__ = ["get_config", "get_config_file", "list_configs", "resolve_config_file"]
 
 _CONFIG_ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 
@@ -48,3 +48,31 @@ def get_config(config_path: str) -> DictConfig:
         config_path: see :func:`get_config_file`.
     """
     return LazyConfig.load(get_config_file(config_path))
+
+
+def resolve_config_file(config: str) -> str:
+    """
+    The config file a command-line argument names: a path, or the name of a shipped config
+    (``mask_rcnn_mvitv2_b.py``, ``demo/mask_rcnn_mvitv2_shapes.py``; ``configs/`` in front and
+    the ``.py`` suffix may be left out). Every tool resolves its config argument with this.
+
+    Args:
+        config: path or shipped name.
+
+    Returns:
+        the path of an existing file.
+
+    Raises:
+        FileNotFoundError: neither a file nor a shipped config; the message lists the shipped
+            ones.
+    """
+    if os.path.isfile(config):
+        return config
+    name = config[len("configs/") :] if config.startswith("configs/") else config
+    for candidate in (name, name + ".py"):
+        if os.path.isfile(os.path.join(_CONFIG_ROOT, candidate)):
+            return os.path.join(_CONFIG_ROOT, candidate)
+    raise FileNotFoundError(
+        f"config '{config}' is neither a file nor a shipped config. Give a path, or one of: "
+        + ", ".join(list_configs())
+    )

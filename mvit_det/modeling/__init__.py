@@ -1,5 +1,5 @@
 """Models of mvit_det."""
 
-from .backbone import MVIT_PRESETS, MViT, build_mvit_fpn, build_mvit_fpn_backbone, mvit_preset
+from .backbone import MVIT_PRESETS, MViT, build_mvit_fpn, mvit_preset
 
-__all__ = ["MVIT_PRESETS", "MViT", "build_mvit_fpn", "build_mvit_fpn_backbone", "mvit_preset"]
+__all__ = ["MVIT_PRESETS", "MViT", "build_mvit_fpn", "mvit_preset"]

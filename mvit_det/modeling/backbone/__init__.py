@@ -1,8 +1,8 @@
 """The MViTv2 backbone."""
 
 from .attention import MultiScaleAttention
-from .fpn import build_mvit_fpn, build_mvit_fpn_backbone
-from .mvit import MViT, MultiScaleBlock
+from .fpn import build_mvit_fpn
+from .mvit import BlockSpec, MViT, MultiScaleBlock, mvit_block_layout
 from .presets import MVIT_PRESETS, mvit_preset
 
 __all__ = [
@@ -11,6 +11,7 @@ __all__ = [
     "MultiScaleAttention",
     "MultiScaleBlock",
     "build_mvit_fpn",
-    "build_mvit_fpn_backbone",
+    "BlockSpec",
+    "mvit_block_layout",
     "mvit_preset",
 ]

@@ -21,19 +21,18 @@ __all__ = ["ATTN_IMPLS", "MultiScaleAttention", "resolve_attn_impl"]
 ATTN_IMPLS = ("auto", "eager", "sdpa")
 
 
-def resolve_attn_impl(attn_impl: str, device: torch.device) -> str:
+def resolve_attn_impl(attn_impl: str) -> str:
     """
-    Chooses the attention core for a device.
+    Chooses the attention core.
 
     Args:
         attn_impl: "eager" (explicit softmax(q k^T + rel-pos) v, materialises every attention
             matrix), "sdpa" (relative positions folded into augmented q/k and computed with
             ``scaled_dot_product_attention``; no (queries x keys) tensor is built), or "auto".
-        device: the device of the input.
 
     Returns:
-        "eager" or "sdpa". "auto" picks "sdpa" everywhere: it is the faster and leaner core on
-        both CUDA and CPU (see tools/benchmark.py).
+        "eager" or "sdpa". "auto" picks "sdpa": it is the faster and leaner core on both CUDA
+        and CPU (see docs/benchmarks.md).
     """
     if attn_impl == "auto":
         return "sdpa"
@@ -261,7 +260,7 @@ class MultiScaleAttention(nn.Module):
         if q_window is None:
             k, _ = window_partition(k, None)
             v, _ = window_partition(v, None)
-        if resolve_attn_impl(self.attn_impl, q.device) == "sdpa":
+        if resolve_attn_impl(self.attn_impl) == "sdpa":
             out = self._attend_sdpa(q_win, k, v, q_hw, tables)
         else:
             out = self._attend_eager(q_win, k, v, q_hw, tables)
@@ -273,7 +272,7 @@ class MultiScaleAttention(nn.Module):
         k: torch.Tensor,
         v: torch.Tensor,
         q_hw: Tuple[int, int],
-        tables: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
+        tables: Optional[Tuple[torch.Tensor, torch.Tensor]],
     ) -> torch.Tensor:
         """Explicit softmax((q * scale) k^T + rel-pos) v on (N, heads, tokens, d) tensors."""
         attn = (q * self.scale) @ k.transpose(-2, -1)  # (N, nh, Nq, Nk)
@@ -291,7 +290,7 @@ class MultiScaleAttention(nn.Module):
         k: torch.Tensor,
         v: torch.Tensor,
         q_hw: Tuple[int, int],
-        tables: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
+        tables: Optional[Tuple[torch.Tensor, torch.Tensor]],
     ) -> torch.Tensor:
         """
         Fused attention on (N, heads, tokens, d) tensors.

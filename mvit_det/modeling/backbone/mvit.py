@@ -2,23 +2,29 @@
 
 from __future__ import annotations
 
-import logging
+from dataclasses import dataclass
 from functools import partial
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Type
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, Type
 
 import torch
 import torch.nn as nn
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.backbone import Backbone
-from timm.layers import DropPath
+from timm.layers import DropPath, to_2tuple
 from torch.utils.checkpoint import checkpoint
 
 from .attention import ATTN_IMPLS, MultiScaleAttention
-from .utils import resize_abs_pos, to_2tuple
+from .utils import check_images, resize_abs_pos
 
-logger = logging.getLogger(__name__)
-
-__all__ = ["ATTENTION_MODES", "MViT", "MultiScaleBlock", "Mlp"]
+__all__ = [
+    "ATTENTION_MODES",
+    "BlockSpec",
+    "MViT",
+    "MultiScaleBlock",
+    "Mlp",
+    "check_mvit_args",
+    "mvit_block_layout",
+]
 
 ATTENTION_MODES = ("hybrid", "global", "window")
 NUM_STAGES = 4
@@ -134,6 +140,248 @@ class MultiScaleBlock(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
+@dataclass(frozen=True)
+class BlockSpec:
+    """
+    The structure of one MViT block, as computed by :func:`mvit_block_layout`.
+
+    Attributes:
+        index: block index.
+        stage: 2..5; the block belongs to the stage whose output is ``scale{stage}``.
+        dim: input channels.
+        dim_out: output channels (twice ``dim`` in the first block of stages 3-5).
+        num_heads: attention heads.
+        stride_q: q pooling stride (2 in the first block of stages 3-5).
+        stride_kv: k, v pooling stride.
+        window: attention window in tokens of the block's input map; 0 for global attention.
+        input_size: side of the block's input token grid at the pretraining size (sets the
+            relative-position table length).
+        drop_path: stochastic depth rate.
+    """
+
+    index: int
+    stage: int
+    dim: int
+    dim_out: int
+    num_heads: int
+    stride_q: int
+    stride_kv: int
+    window: int
+    input_size: int
+    drop_path: float
+
+
+def mvit_block_layout(
+    *,
+    embed_dim: int,
+    depth: int,
+    num_heads: int,
+    last_block_indexes: Sequence[int],
+    global_blocks: Set[int],
+    adaptive_kv_stride: int,
+    adaptive_window_size: int,
+    double_kv_stride_in_last_blocks: bool,
+    drop_path_rate: float,
+    input_size: int,
+) -> List[BlockSpec]:
+    """
+    The published MViTv2 layout rules as a list of block specs (a pure function).
+
+    - The first block of stages 3-5 doubles the channels and heads and pools q with stride 2.
+    - The k, v stride starts at ``adaptive_kv_stride``, halves at each stage (never below 1) and
+      doubles in the last block of stages 3 and 4 if ``double_kv_stride_in_last_blocks``.
+    - Windows and the pretraining grid are counted in tokens of the block's input map: the first
+      block of a stage still sees the previous stage's map, so both halve from its second block.
+    - Stochastic depth rises linearly from 0 to ``drop_path_rate`` over the blocks.
+
+    Args:
+        embed_dim: channels of the first stage.
+        depth: number of blocks.
+        num_heads: heads of the first stage.
+        last_block_indexes: the last block of each of the four stages (validated).
+        global_blocks: blocks with global attention.
+        adaptive_kv_stride: k, v stride of the first stage.
+        adaptive_window_size: window of the first stage.
+        double_kv_stride_in_last_blocks: see :class:`MViT`.
+        drop_path_rate: stochastic depth rate of the last block.
+        input_size: side of the first stage's token grid at the pretraining size.
+
+    Returns:
+        one :class:`BlockSpec` per block.
+
+    Raises:
+        ValueError: a window that the q or kv stride of its block does not divide.
+    """
+    specs: List[BlockSpec] = []
+    dim, heads, stride_kv, window, stage = (
+        embed_dim,
+        num_heads,
+        adaptive_kv_stride,
+        adaptive_window_size,
+        2,
+    )
+    for i in range(depth):
+        first_of_stage = i > 0 and i - 1 in last_block_indexes
+        dim_out = dim * 2 if first_of_stage else dim
+        heads = heads * 2 if first_of_stage else heads
+        stride_q = 2 if first_of_stage else 1
+        block_kv = stride_kv
+        if double_kv_stride_in_last_blocks and i in last_block_indexes[1:3]:
+            block_kv *= 2
+        block_window = 0 if i in global_blocks else window
+        if block_window and (block_window % stride_q or block_window % block_kv):
+            raise ValueError(
+                f"adaptive_window_size={adaptive_window_size} gives block {i} a window of "
+                f"{block_window} tokens, which its q stride {stride_q} and kv stride "
+                f"{block_kv} do not divide; use a window size whose halvings stay divisible "
+                "by the strides (56, the published value, works)"
+            )
+        specs.append(
+            BlockSpec(
+                index=i,
+                stage=stage,
+                dim=dim,
+                dim_out=dim_out,
+                num_heads=heads,
+                stride_q=stride_q,
+                stride_kv=block_kv,
+                window=block_window,
+                input_size=input_size,
+                drop_path=drop_path_rate * i / max(depth - 1, 1),
+            )
+        )
+        dim = dim_out
+        if first_of_stage:
+            window //= 2
+            input_size //= 2
+        if i in last_block_indexes:
+            stride_kv = max(stride_kv // 2, 1)
+            stage += 1
+    return specs
+
+
+def _check_int(name: str, value: Any, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name}={value!r} must be an int >= {low}")
+
+
+def _check_pair(name: str, value: Any, low: int) -> Tuple[int, int]:
+    pair = to_2tuple(value)
+    if len(pair) != 2 or any(
+        isinstance(v, bool) or not isinstance(v, int) or v < low for v in pair
+    ):
+        raise ValueError(f"{name}={value!r} must be an int or a pair of ints >= {low}")
+    return tuple(pair)  # type: ignore[return-value]
+
+
+def check_mvit_args(
+    *,
+    img_size: int,
+    patch_kernel: Any,
+    patch_stride: Any,
+    patch_padding: Any,
+    in_chans: int,
+    embed_dim: int,
+    depth: int,
+    num_heads: int,
+    last_block_indexes: Sequence[int],
+    qkv_pool_kernel: Any,
+    adaptive_kv_stride: int,
+    adaptive_window_size: int,
+    mlp_ratio: float,
+    drop_path_rate: float,
+    out_features: Sequence[str],
+    attention_mode: str,
+    global_block_indexes: Optional[Sequence[int]],
+    attn_impl: str,
+) -> Set[int]:
+    """
+    Validates the arguments of :class:`MViT` (all checks in one place).
+
+    Returns:
+        the set of blocks with global attention.
+
+    Raises:
+        ValueError: naming the argument, its value and what is allowed.
+    """
+    for name, value, low in (
+        ("img_size", img_size, 1),
+        ("in_chans", in_chans, 1),
+        ("embed_dim", embed_dim, 1),
+        ("num_heads", num_heads, 1),
+        ("adaptive_kv_stride", adaptive_kv_stride, 1),
+        ("adaptive_window_size", adaptive_window_size, 0),
+    ):
+        _check_int(name, value, low)
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth < NUM_STAGES:
+        raise ValueError(f"depth={depth!r} must be an int >= {NUM_STAGES} (one block a stage)")
+    _check_pair("patch_kernel", patch_kernel, 1)
+    _check_pair("patch_stride", patch_stride, 1)
+    _check_pair("patch_padding", patch_padding, 0)
+    if any(k % 2 == 0 for k in _check_pair("qkv_pool_kernel", qkv_pool_kernel, 1)):
+        raise ValueError(
+            f"qkv_pool_kernel={qkv_pool_kernel!r} must be odd (padding k // 2 keeps the map "
+            "size at stride 1); the published value is (3, 3)"
+        )
+    if embed_dim % num_heads:
+        raise ValueError(f"embed_dim={embed_dim} must be divisible by num_heads={num_heads}")
+    if not mlp_ratio > 0:
+        raise ValueError(f"mlp_ratio={mlp_ratio!r} must be > 0")
+    if not 0.0 <= drop_path_rate < 1.0:
+        raise ValueError(f"drop_path_rate={drop_path_rate!r} must be in [0, 1)")
+    indexes = tuple(last_block_indexes)
+    if len(indexes) != NUM_STAGES or not all(isinstance(i, int) for i in indexes):
+        raise ValueError(
+            f"last_block_indexes={last_block_indexes!r} must be {NUM_STAGES} ints, the index "
+            "of the last block of each stage (e.g. (1, 4, 20, 23) for depth 24)"
+        )
+    if indexes[0] < 0 or any(b <= a for a, b in zip(indexes, indexes[1:])):
+        raise ValueError(
+            f"last_block_indexes={indexes} must be non-negative and strictly increasing"
+        )
+    if indexes[-1] != depth - 1:
+        raise ValueError(
+            f"last_block_indexes={indexes} must end at the last block, depth - 1 = "
+            f"{depth - 1} (got {indexes[-1]}, {'beyond' if indexes[-1] >= depth else 'before'}"
+            " the last block)"
+        )
+    if attention_mode not in ATTENTION_MODES:
+        raise ValueError(
+            f"attention_mode={attention_mode!r} is unknown; use one of {ATTENTION_MODES}"
+        )
+    if global_block_indexes is not None:
+        if attention_mode != "hybrid":
+            raise ValueError(
+                f"global_block_indexes={global_block_indexes!r} only applies to "
+                f"attention_mode='hybrid', not {attention_mode!r}"
+            )
+        bad = [i for i in global_block_indexes if not isinstance(i, int) or not 0 <= i < depth]
+        if bad:
+            raise ValueError(
+                f"global_block_indexes={tuple(global_block_indexes)} has {bad}: block "
+                f"indexes must be ints in [0, {depth - 1}]"
+            )
+    valid = [f"scale{s}" for s in range(2, 2 + NUM_STAGES)]
+    if not out_features or any(f not in valid for f in out_features):
+        raise ValueError(f"out_features={tuple(out_features)!r} must be a subset of {valid}")
+    if attn_impl not in ATTN_IMPLS:
+        raise ValueError(f"attn_impl={attn_impl!r} is unknown; use one of {ATTN_IMPLS}")
+    if attention_mode == "global":
+        global_blocks = set(range(depth))
+    elif attention_mode == "window":
+        global_blocks = set()
+    elif global_block_indexes is None:
+        global_blocks = set(indexes[1:])
+    else:
+        global_blocks = set(global_block_indexes)
+    if adaptive_window_size == 0 and len(global_blocks) < depth:
+        raise ValueError(
+            "adaptive_window_size=0 disables windows; use attention_mode='global' for "
+            "pure pooling attention, or give a window size > 0"
+        )
+    return global_blocks
+
+
 class MViT(Backbone):
     """
     Multiscale Vision Transformer v2 backbone (Li et al., "MViTv2: Improved Multiscale Vision
@@ -189,7 +437,7 @@ class MViT(Backbone):
             num_heads: heads of the first stage (doubled at each stage).
             last_block_indexes: index of the last block of each of the four stages, increasing,
                 the last one ``depth - 1``.
-            qkv_pool_kernel: kernel of the q, k, v pooling convs.
+            qkv_pool_kernel: kernel of the q, k, v pooling convs (odd).
             adaptive_kv_stride: k, v pooling stride of the first stage, halved at each stage
                 (never below 1).
             adaptive_window_size: attention window of the first stage in tokens of the block's
@@ -219,182 +467,89 @@ class MViT(Backbone):
             attn_impl: attention core, "auto", "eager" or "sdpa".
         """
         super().__init__()
-        last_block_indexes = self._check_args(
+        global_blocks = check_mvit_args(
+            img_size=img_size,
+            patch_kernel=patch_kernel,
+            patch_stride=patch_stride,
+            patch_padding=patch_padding,
+            in_chans=in_chans,
+            embed_dim=embed_dim,
             depth=depth,
+            num_heads=num_heads,
             last_block_indexes=last_block_indexes,
+            qkv_pool_kernel=qkv_pool_kernel,
+            adaptive_kv_stride=adaptive_kv_stride,
+            adaptive_window_size=adaptive_window_size,
+            mlp_ratio=mlp_ratio,
+            drop_path_rate=drop_path_rate,
+            out_features=out_features,
             attention_mode=attention_mode,
             global_block_indexes=global_block_indexes,
-            out_features=out_features,
             attn_impl=attn_impl,
+        )
+        patch_stride = to_2tuple(patch_stride)
+        self.block_specs = mvit_block_layout(
             embed_dim=embed_dim,
+            depth=depth,
             num_heads=num_heads,
+            last_block_indexes=tuple(last_block_indexes),
+            global_blocks=global_blocks,
+            adaptive_kv_stride=adaptive_kv_stride,
+            adaptive_window_size=adaptive_window_size,
+            double_kv_stride_in_last_blocks=double_kv_stride_in_last_blocks,
+            drop_path_rate=drop_path_rate,
+            input_size=img_size // patch_stride[0],
         )
-        patch_kernel, patch_stride, patch_padding = (
-            to_2tuple(patch_kernel),
-            to_2tuple(patch_stride),
-            to_2tuple(patch_padding),
-        )
-        for name, value, low in (
-            ("img_size", img_size, 1),
-            ("adaptive_kv_stride", adaptive_kv_stride, 1),
-            ("adaptive_window_size", adaptive_window_size, 0),
-        ):
-            if not isinstance(value, int) or value < low:
-                raise ValueError(f"{name}={value!r} must be an int >= {low}")
-        if attention_mode == "global":
-            global_blocks = set(range(depth))
-        elif attention_mode == "window":
-            global_blocks = set()
-        elif global_block_indexes is None:
-            global_blocks = set(last_block_indexes[1:])
-        else:
-            global_blocks = set(global_block_indexes)
-        if adaptive_window_size == 0 and len(global_blocks) < depth:
-            raise ValueError(
-                "adaptive_window_size=0 disables windows; use attention_mode='global' for "
-                "pure pooling attention, or give a window size > 0"
-            )
 
         self.pretrain_use_cls_token = pretrain_use_cls_token
         self.use_act_checkpoint = use_act_checkpoint
-        self.attention_mode = attention_mode
         self.patch_embed = PatchEmbed(
-            patch_kernel, patch_stride, patch_padding, in_chans, embed_dim
+            to_2tuple(patch_kernel), patch_stride, to_2tuple(patch_padding), in_chans, embed_dim
         )
-
+        self.pos_embed: Optional[nn.Parameter] = None
         if use_abs_pos:
             grid = (pretrain_img_size // patch_stride[0]) * (pretrain_img_size // patch_stride[1])
             num_positions = grid + 1 if pretrain_use_cls_token else grid
-            self.pos_embed: Optional[nn.Parameter] = nn.Parameter(
-                torch.zeros(1, num_positions, embed_dim)
-            )
-        else:
-            self.pos_embed = None
+            self.pos_embed = nn.Parameter(torch.zeros(1, num_positions, embed_dim))
 
-        drop_rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
-        dim, heads, stride_kv = embed_dim, num_heads, adaptive_kv_stride
-        window, input_size = adaptive_window_size, img_size // patch_stride[0]
-        stride, stage = patch_stride[0], 2
+        self.blocks = nn.ModuleList(
+            MultiScaleBlock(
+                dim=spec.dim,
+                dim_out=spec.dim_out,
+                num_heads=spec.num_heads,
+                mlp_ratio=mlp_ratio,
+                qkv_bias=qkv_bias,
+                drop_path=spec.drop_path,
+                norm_layer=norm_layer,
+                act_layer=act_layer,
+                qkv_pool_kernel=to_2tuple(qkv_pool_kernel),
+                stride_q=spec.stride_q,
+                stride_kv=spec.stride_kv,
+                residual_pooling=residual_pooling,
+                window_size=spec.window,
+                use_rel_pos=use_rel_pos,
+                rel_pos_zero_init=rel_pos_zero_init,
+                input_size=spec.input_size,
+                attn_impl=attn_impl,
+            )
+            for spec in self.block_specs
+        )
+        # Outputs: block index of each stage's last block -> "scale{stage}".
+        self._stage_outputs: Dict[int, str] = {}
         self._out_feature_strides: Dict[str, int] = {}
         self._out_feature_channels: Dict[str, int] = {}
-        self.blocks = nn.ModuleList()
-        self.block_configs: List[Dict[str, int]] = []
-        for i in range(depth):
-            first_of_stage = i > 0 and i - 1 in last_block_indexes
-            dim_out = dim * 2 if first_of_stage else dim
-            heads = heads * 2 if first_of_stage else heads
-            stride_q = 2 if first_of_stage else 1
-            block_kv = stride_kv
-            if double_kv_stride_in_last_blocks and i in last_block_indexes[1:3]:
-                block_kv = stride_kv * 2
-            block_window = 0 if i in global_blocks else window
-            if block_window and (block_window % stride_q or block_window % block_kv):
-                raise ValueError(
-                    f"adaptive_window_size={adaptive_window_size} gives block {i} a window of "
-                    f"{block_window} tokens, which its q stride {stride_q} and kv stride "
-                    f"{block_kv} do not divide; use a window size whose halvings stay divisible "
-                    "by the strides (56, the published value, works)"
-                )
-            self.blocks.append(
-                MultiScaleBlock(
-                    dim=dim,
-                    dim_out=dim_out,
-                    num_heads=heads,
-                    mlp_ratio=mlp_ratio,
-                    qkv_bias=qkv_bias,
-                    drop_path=drop_rates[i],
-                    norm_layer=norm_layer,
-                    act_layer=act_layer,
-                    qkv_pool_kernel=qkv_pool_kernel,
-                    stride_q=stride_q,
-                    stride_kv=block_kv,
-                    residual_pooling=residual_pooling,
-                    window_size=block_window,
-                    use_rel_pos=use_rel_pos,
-                    rel_pos_zero_init=rel_pos_zero_init,
-                    input_size=input_size,
-                    attn_impl=attn_impl,
-                )
-            )
-            self.block_configs.append(
-                dict(stage=stage, stride_q=stride_q, stride_kv=block_kv, window=block_window)
-            )
-            dim = dim_out
-            if first_of_stage:
-                # From the second block of a stage on, windows and grids are counted on the
-                # stage's own (halved) input map.
-                window //= 2
-                input_size //= 2
-            if i in last_block_indexes:
-                name = f"scale{stage}"
-                if name in out_features:
-                    self._out_feature_channels[name] = dim
-                    self._out_feature_strides[name] = stride
-                    self.add_module(f"{name}_norm", norm_layer(dim))
-                stride_kv = max(stride_kv // 2, 1)
-                stride *= 2
-                stage += 1
-
+        for stage, last in enumerate(last_block_indexes, start=2):
+            name = f"scale{stage}"
+            if name in out_features:
+                self._stage_outputs[last] = name
+                self._out_feature_channels[name] = self.block_specs[last].dim_out
+                self._out_feature_strides[name] = patch_stride[0] * 2 ** (stage - 2)
+                self.add_module(f"{name}_norm", norm_layer(self.block_specs[last].dim_out))
         self._out_features = list(out_features)
-        self._last_block_indexes = last_block_indexes
+
         if self.pos_embed is not None:
             nn.init.trunc_normal_(self.pos_embed, std=0.02)
         self.apply(self._init_weights)
-
-    @staticmethod
-    def _check_args(
-        depth: int,
-        last_block_indexes: Sequence[int],
-        attention_mode: str,
-        global_block_indexes: Optional[Sequence[int]],
-        out_features: Sequence[str],
-        attn_impl: str,
-        embed_dim: int,
-        num_heads: int,
-    ) -> Tuple[int, ...]:
-        """Validates the structural arguments; returns ``last_block_indexes`` as a tuple."""
-        if not isinstance(depth, int) or depth < NUM_STAGES:
-            raise ValueError(f"depth={depth!r} must be an int >= {NUM_STAGES} (one block a stage)")
-        indexes = tuple(last_block_indexes)
-        if len(indexes) != NUM_STAGES or not all(isinstance(i, int) for i in indexes):
-            raise ValueError(
-                f"last_block_indexes={last_block_indexes!r} must be {NUM_STAGES} ints, the index "
-                "of the last block of each stage (e.g. (1, 4, 20, 23) for depth 24)"
-            )
-        if indexes[0] < 0 or any(b <= a for a, b in zip(indexes, indexes[1:])):
-            raise ValueError(
-                f"last_block_indexes={indexes} must be non-negative and strictly increasing"
-            )
-        if indexes[-1] != depth - 1:
-            raise ValueError(
-                f"last_block_indexes={indexes} must end at the last block, depth - 1 = "
-                f"{depth - 1} (got {indexes[-1]}, {'beyond' if indexes[-1] >= depth else 'before'}"
-                " the last block)"
-            )
-        if attention_mode not in ATTENTION_MODES:
-            raise ValueError(
-                f"attention_mode={attention_mode!r} is unknown; use one of {ATTENTION_MODES}"
-            )
-        if global_block_indexes is not None:
-            if attention_mode != "hybrid":
-                raise ValueError(
-                    f"global_block_indexes={global_block_indexes!r} only applies to "
-                    f"attention_mode='hybrid', not {attention_mode!r}"
-                )
-            bad = [i for i in global_block_indexes if not isinstance(i, int) or not 0 <= i < depth]
-            if bad:
-                raise ValueError(
-                    f"global_block_indexes={tuple(global_block_indexes)} has {bad}: block "
-                    f"indexes must be ints in [0, {depth - 1}]"
-                )
-        valid = [f"scale{s}" for s in range(2, 2 + NUM_STAGES)]
-        if not out_features or any(f not in valid for f in out_features):
-            raise ValueError(f"out_features={tuple(out_features)!r} must be a subset of {valid}")
-        if attn_impl not in ATTN_IMPLS:
-            raise ValueError(f"attn_impl={attn_impl!r} is unknown; use one of {ATTN_IMPLS}")
-        if embed_dim % num_heads:
-            raise ValueError(f"embed_dim={embed_dim} must be divisible by num_heads={num_heads}")
-        return indexes
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
@@ -419,13 +574,6 @@ class MViT(Backbone):
             for name in self._out_features
         }
 
-    def set_attn_impl(self, attn_impl: str) -> None:
-        """Switches the attention core of every block ("auto", "eager" or "sdpa")."""
-        if attn_impl not in ATTN_IMPLS:
-            raise ValueError(f"attn_impl={attn_impl!r} is unknown; use one of {ATTN_IMPLS}")
-        for blk in self.blocks:
-            blk.attn.attn_impl = attn_impl
-
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         """
         Args:
@@ -435,35 +583,19 @@ class MViT(Backbone):
             dict of "scale2".."scale5" (those in ``out_features``) to (N, C_n, ceil(H / 2**n),
             ceil(W / 2**n)) feature maps.
         """
-        in_chans = self.patch_embed.proj.in_channels
-        if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != in_chans:
-            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(
-                f"MViT expects images of shape (N, {in_chans}, H, W), got {shape}; "
-                "batch images into one NCHW tensor (e.g. ImageList.from_tensors)"
-            )
-        if not x.is_floating_point():
-            raise ValueError(
-                f"MViT expects floating-point images, got dtype {x.dtype}; convert with "
-                "x.float() and normalise the pixel values"
-            )
-        if x.shape[2] == 0 or x.shape[3] == 0:
-            raise ValueError(f"MViT got an empty image of shape {tuple(x.shape)}")
+        check_images(x, self.patch_embed.proj.weight, "MViT")
         x = self.patch_embed(x)  # (N, H/4, W/4, C)
         if self.pos_embed is not None:
             x = x + resize_abs_pos(self.pos_embed, self.pretrain_use_cls_token, x.shape[1:3])
 
         outputs: Dict[str, torch.Tensor] = {}
-        stage = 2
         recompute = self.use_act_checkpoint and self.training and torch.is_grad_enabled()
         for i, blk in enumerate(self.blocks):
             x = checkpoint(blk, x, use_reentrant=False) if recompute else blk(x)
-            if i in self._last_block_indexes:
-                name = f"scale{stage}"
-                if name in self._out_features:
-                    # (N, H, W, C) -> (N, C, H, W)
-                    outputs[name] = getattr(self, f"{name}_norm")(x).permute(0, 3, 1, 2)
-                stage += 1
+            name = self._stage_outputs.get(i)
+            if name is not None:
+                # (N, H, W, C) -> (N, C, H, W)
+                outputs[name] = getattr(self, f"{name}_norm")(x).permute(0, 3, 1, 2)
         return outputs
 
 

@@ -7,6 +7,7 @@ from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
+from timm.layers import to_2tuple
 
 __all__ = [
     "window_partition",
@@ -15,18 +16,9 @@ __all__ = [
     "relative_position_table",
     "decomposed_rel_pos_terms",
     "resize_abs_pos",
-    "to_2tuple",
+    "resize_rel_pos",
+    "check_images",
 ]
-
-
-def to_2tuple(value: int | Tuple[int, int] | list) -> Tuple[int, int]:
-    """Returns ``(value, value)`` for an int, or the pair itself."""
-    if isinstance(value, int):
-        return (value, value)
-    pair = tuple(value)
-    if len(pair) != 2:
-        raise ValueError(f"expected an int or a pair of ints, got {value!r}")
-    return pair  # type: ignore[return-value]
 
 
 def window_partition(
@@ -113,6 +105,23 @@ def window_bands(size: int, window: int) -> List[Tuple[slice, int, slice]]:
     return bands
 
 
+def resize_rel_pos(table: torch.Tensor, length: int) -> torch.Tensor:
+    """
+    Linearly interpolates a relative-position table to another number of offsets.
+
+    Args:
+        table: (L, head_dim) table.
+        length: number of entries wanted.
+
+    Returns:
+        (length, head_dim) table in the dtype of ``table`` (interpolated in at least fp32).
+    """
+    dtype = torch.promote_types(table.dtype, torch.float32)
+    # (L, C) -> (1, C, L) -> (1, C, length) -> (length, C)
+    resized = F.interpolate(table.to(dtype).t().unsqueeze(0), size=length, mode="linear")
+    return resized.squeeze(0).t().to(table.dtype)
+
+
 def relative_position_table(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Tensor:
     """
     Looks up the relative-position embedding of every (query, key) pair along one axis.
@@ -130,9 +139,7 @@ def relative_position_table(q_size: int, k_size: int, rel_pos: torch.Tensor) -> 
     """
     length = 2 * max(q_size, k_size) - 1
     if rel_pos.shape[0] != length:
-        # (L, C) -> (1, C, L) -> (1, C, length) -> (length, C)
-        rel_pos = F.interpolate(rel_pos.t().unsqueeze(0), size=length, mode="linear")
-        rel_pos = rel_pos.squeeze(0).t()
+        rel_pos = resize_rel_pos(rel_pos, length)
     q_scale = max(k_size / q_size, 1.0)
     k_scale = max(q_size / k_size, 1.0)
     q_coords = torch.arange(q_size, device=rel_pos.device)[:, None] * q_scale
@@ -194,3 +201,37 @@ def resize_abs_pos(abs_pos: torch.Tensor, has_cls_token: bool, hw: Tuple[int, in
     if (side, side) != tuple(hw):
         grid = F.interpolate(grid, size=hw, mode="bicubic", align_corners=False)
     return grid.permute(0, 2, 3, 1)
+
+
+def check_images(x: torch.Tensor, weight: torch.Tensor, name: str) -> None:
+    """
+    Checks a backbone input: a floating-point (N, C, H, W) tensor with the channels and dtype of
+    the first conv (``weight``), non-empty.
+
+    Args:
+        x: the input.
+        weight: the weight of the backbone's first conv, (out, C, kh, kw).
+        name: the backbone's name for messages.
+
+    Raises:
+        ValueError: naming what is wrong and how to fix it.
+    """
+    in_chans = weight.shape[1]
+    if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != in_chans:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(
+            f"{name} expects images of shape (N, {in_chans}, H, W), got {shape}; "
+            "batch images into one NCHW tensor (e.g. ImageList.from_tensors)"
+        )
+    if not x.is_floating_point():
+        raise ValueError(
+            f"{name} expects floating-point images, got dtype {x.dtype}; convert with "
+            "x.float() and normalise the pixel values"
+        )
+    if x.shape[2] == 0 or x.shape[3] == 0:
+        raise ValueError(f"{name} got an empty image of shape {tuple(x.shape)}")
+    if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
+        raise ValueError(
+            f"{name} got images of dtype {x.dtype} but its weights are {weight.dtype}; convert "
+            f"the images (x.to({weight.dtype})) or the model, or run under torch.autocast"
+        )

@@ -1,11 +1,10 @@
-"""A small synthetic shapes dataset shared by the data, config and training-tool tests."""
+"""Shared fixtures: a small synthetic shapes dataset for the data, config and tool tests."""
 
 import os
 
 import pytest
 
-# Images per split: enough to train a few iterations and evaluate quickly.
-TINY_SIZES = {"train": 8, "val": 4}
+from helpers import TINY_SIZES
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,1 @@
+"""Command-line tools of mvit_det; ``tools/*.py`` in the repository are thin entry points."""

@@ -1,0 +1,403 @@
+"""
+Speed and memory of mvit_det (and, when importable, Detectron2's own MViT with identical weights).
+
+Measures, for a config, device and dtype:
+  backbone  MViT + FPN forward+backward (or forward only, --backbone-mode forward)
+  train     a full Mask R-CNN training step (forward, backward, AdamW step) on a synthetic batch
+            of real instances (boxes and masks)
+  infer     Mask R-CNN inference latency on one image
+as ms per iteration (median after warm-up; the models' calls take turns, so a drift in machine
+speed affects all alike), images/s and peak memory (CUDA), eager and/or under
+torch.compile (compile time reported), plus parameter counts and FLOPs (fvcore, with a count for
+the fused attention op). Prints a table and writes JSON.
+
+Examples:
+  python tools/benchmark.py --config mask_rcnn_mvitv2_b.py --device cuda --dtype bf16
+  python tools/benchmark.py --config mask_rcnn_mvitv2_t.py --device cpu --dtype fp32 \
+      --tasks backbone --backbone-mode forward --image-size 512 --batch 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import inspect
+import json
+import os
+import statistics
+import time
+from contextlib import nullcontext
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import torch
+from detectron2.config import LazyConfig, instantiate
+from detectron2.structures import BitMasks, Boxes, Instances
+from detectron2.utils.events import EventStorage
+
+from ..model_zoo import resolve_config_file
+from ..modeling import MViT
+from ..utils.file_io import atomic_write
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--config", default="mask_rcnn_mvitv2_t.py", help="shipped config name or path")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16", help="autocast dtype")
+    p.add_argument("--tasks", default="backbone,train,infer", help="comma-separated subset")
+    p.add_argument(
+        "--backbone-mode", choices=["forward", "forward_backward"], default="forward_backward"
+    )
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--image-size", type=int, default=1024, help="square side for backbone/train")
+    p.add_argument("--infer-size", default="800x1216", help="HxW of the inference image")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--iters", type=int, default=10)
+    p.add_argument("--compile", choices=["off", "on", "both"], default="off")
+    p.add_argument("--attn-impl", choices=["auto", "eager", "sdpa"], default="auto")
+    p.add_argument(
+        "--reference",
+        choices=["auto", "off"],
+        default="auto",
+        help="also measure Detectron2's MViT with the same weights when importable",
+    )
+    p.add_argument("--no-flops", action="store_true", help="skip the fvcore FLOP count")
+    p.add_argument("--output", default="output/benchmark.json")
+    args = p.parse_args(argv)
+    unknown = set(args.tasks.split(",")) - {"backbone", "train", "infer"}
+    if unknown:
+        p.error(f"unknown task(s) {sorted(unknown)}; choose from backbone, train, infer")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        p.error("--device cuda was asked for but CUDA is not available; use --device cpu")
+    return args  # fmt: skip
+
+
+def load_reference_mvit() -> Optional[type]:
+    try:
+        from detectron2.modeling.backbone.mvit import MViT as ReferenceMViT
+    except ImportError:
+        return None
+    return ReferenceMViT
+
+
+def build_models(args: argparse.Namespace) -> Dict[str, torch.nn.Module]:
+    """Ours, and the reference with identical weights when available."""
+    cfg = LazyConfig.load(resolve_config_file(args.config))
+    cfg.model.backbone.bottom_up.attn_impl = args.attn_impl
+    torch.manual_seed(0)
+    models = {"mvit_det": instantiate(cfg.model).to(args.device)}
+    reference = load_reference_mvit() if args.reference == "auto" else None
+    if reference is not None:
+        ref_cfg = copy.deepcopy(cfg)
+        bottom_up = ref_cfg.model.backbone.bottom_up
+        # Arguments the reference does not have (with our defaults, which it hard-codes).
+        for key in set(inspect.signature(MViT).parameters) - set(
+            inspect.signature(reference).parameters
+        ):
+            bottom_up.pop(key, None)
+        bottom_up._target_ = reference
+        if bottom_up.get("use_act_checkpoint"):
+            bottom_up.use_act_checkpoint = False  # the reference needs fairscale for it
+        ref_model = instantiate(ref_cfg.model).to(args.device)
+        ref_model.load_state_dict(models["mvit_det"].state_dict(), strict=True)
+        models["reference"] = ref_model
+    return models
+
+
+def synthetic_batch(batch: int, size: int, num_classes: int, device: str) -> List[dict]:
+    """Images with 4 real instances each: boxes, classes and rectangle-free (elliptic) masks."""
+    g = torch.Generator().manual_seed(0)
+    inputs = []
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    for _ in range(batch):
+        image = torch.randint(0, 256, (3, size, size), generator=g).float()
+        masks, boxes = [], []
+        for _ in range(4):
+            cy, cx = (torch.rand(2, generator=g) * 0.6 + 0.2) * size
+            ry, rx = (torch.rand(2, generator=g) * 0.15 + 0.05) * size
+            mask = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
+            ys, xs = torch.nonzero(mask, as_tuple=True)
+            boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+            masks.append(mask)
+        inst = Instances((size, size))
+        inst.gt_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32))
+        inst.gt_classes = torch.randint(0, num_classes, (4,), generator=g)
+        inst.gt_masks = BitMasks(torch.stack(masks))
+        inputs.append({"image": image.to(device), "instances": inst.to(device),
+                       "height": size, "width": size})  # fmt: skip
+    return inputs
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def timed_call(fn: Callable[[], Any], device: str) -> float:
+    """Seconds one call takes, device work included."""
+    sync(device)
+    start = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - start
+
+
+def error_text(err: Exception) -> str:
+    return f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
+
+
+def measure(
+    workloads: Dict[str, Tuple[Callable[[], Any], int]], args: argparse.Namespace
+) -> Dict[str, Dict[str, Any]]:
+    """
+    Times the same workload of several models, their calls taking turns (A, B, A, B, ...), so that
+    a drift in machine speed (other jobs, clocks) affects every model alike.
+
+    Args:
+        workloads: model name -> (function running one iteration, images per iteration).
+        args: the command line (device, warmup, iters).
+
+    Returns:
+        model name -> median ms per call, images/s, CUDA peak memory of a timed call and the time
+        of the first call (compilation included), or an error for a model whose call failed.
+    """
+    cuda = args.device.startswith("cuda")
+    rows: Dict[str, Dict[str, Any]] = {}
+    running = {}
+    for name, (fn, _) in workloads.items():
+        try:
+            rows[name] = {"first_call_s": round(timed_call(fn, args.device), 2)}
+            for _ in range(max(args.warmup - 1, 0)):
+                fn()
+            running[name] = fn
+        except Exception as err:  # a failing variant is a result, not a crash
+            rows[name] = {"error": error_text(err)}
+    times: Dict[str, List[float]] = {name: [] for name in running}
+    peaks = {name: 0 for name in running}
+    for _ in range(args.iters):
+        for name, fn in running.items():
+            if cuda:
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats()
+            times[name].append(timed_call(fn, args.device) * 1000)
+            if cuda:
+                peaks[name] = max(peaks[name], torch.cuda.max_memory_allocated())
+    for name in running:
+        ms = statistics.median(times[name])
+        rows[name].update(
+            ms=round(ms, 2),
+            images_per_s=round(workloads[name][1] * 1000 / ms, 2),
+            peak_mem_gib=round(peaks[name] / 2**30, 3) if cuda else None,
+        )
+    return rows
+
+
+def autocast(args: argparse.Namespace):
+    if args.dtype == "fp32":
+        return nullcontext()
+    return torch.autocast(args.device.split(":")[0], dtype=DTYPES[args.dtype])
+
+
+def task_fns(model: torch.nn.Module, args: argparse.Namespace, compiled: bool) -> Dict[str, Any]:
+    """The three workloads for one model, as (fn, images) pairs."""
+    backbone = torch.compile(model.backbone) if compiled else model.backbone
+    size, batch = args.image_size, args.batch
+    fns: Dict[str, Any] = {}
+    x = torch.randn(batch, 3, size, size, device=args.device)
+
+    def backbone_step() -> None:
+        if args.backbone_mode == "forward":
+            with torch.no_grad(), autocast(args):
+                backbone(x)
+            return
+        with autocast(args):
+            loss = sum(f.float().mean() for f in backbone(x).values())
+        loss.backward()
+
+    fns["backbone"] = (backbone_step, batch)
+
+    num_classes = model.roi_heads.num_classes
+    batch_inputs = synthetic_batch(batch, size, num_classes, args.device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    scaler = torch.amp.GradScaler(enabled=args.dtype == "fp16" and args.device != "cpu")
+
+    def train_step() -> None:
+        model.train()
+        with EventStorage(), autocast(args):
+            losses = model(batch_inputs)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(sum(losses.values())).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+    fns["train"] = (train_step, batch)
+
+    h, w = (int(v) for v in args.infer_size.lower().split("x"))
+    image = torch.randint(0, 256, (3, h, w), device=args.device).float()
+
+    def infer_step() -> None:
+        model.eval()
+        with torch.inference_mode(), autocast(args):
+            model([{"image": image, "height": h, "width": w}])
+
+    fns["infer"] = (infer_step, 1)
+    if compiled:
+        model.backbone = backbone  # the detector runs the compiled backbone
+    return fns
+
+
+def sdpa_flop_jit(inputs: List[Any], outputs: List[Any]) -> Any:
+    """fvcore handle: q k^T and attn v of scaled_dot_product_attention, in multiply-adds."""
+    from collections import Counter
+
+    from fvcore.nn.jit_handles import get_shape
+
+    q, k, v = (get_shape(t) for t in inputs[:3])
+    batch = 1
+    for s in q[:-2]:
+        batch *= s
+    return Counter({"scaled_dot_product_attention": batch * q[-2] * k[-2] * (q[-1] + v[-1])})
+
+
+def count_flops(backbone: torch.nn.Module, args: argparse.Namespace) -> Optional[float]:
+    """GFLOPs (multiply-adds, fvcore convention) of one backbone+FPN forward at the image size."""
+    from fvcore.nn import FlopCountAnalysis
+
+    x = torch.randn(1, 3, args.image_size, args.image_size, device=args.device)
+    backbone.eval()
+    analysis = FlopCountAnalysis(backbone, x)
+    analysis.set_op_handle("aten::scaled_dot_product_attention", sdpa_flop_jit)
+    analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+    with torch.no_grad():
+        return round(analysis.total() / 1e9, 2)
+
+
+def max_feature_difference(models: Dict[str, torch.nn.Module], args: argparse.Namespace) -> float:
+    """Largest relative difference of the backbone+FPN outputs, ours vs reference, in fp32."""
+    x = torch.randn(1, 3, args.image_size, args.image_size, device=args.device)
+    with torch.no_grad():
+        ours = models["mvit_det"].backbone.eval()(x)
+        ref = models["reference"].backbone.eval()(x)
+    return max(((ours[k] - ref[k]).abs().max() / ref[k].abs().max()).item() for k in ref)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """
+    Runs the benchmark of the command line, prints the table and writes the JSON report.
+
+    Args:
+        argv: command-line arguments (default: ``sys.argv[1:]``).
+
+    Returns:
+        the exit status.
+    """
+    run_benchmark(parse_args(argv))
+    return 0
+
+
+def run_benchmark(args: argparse.Namespace) -> Dict[str, Any]:
+    """
+    Measures every task and compile mode of ``args`` for our model and the reference.
+
+    Args:
+        args: parsed command line (see :func:`parse_args`).
+
+    Returns:
+        the report (also written to ``args.output``).
+    """
+    tasks = args.tasks.split(",")
+    modes = {"off": [False], "on": [True], "both": [False, True]}[args.compile]
+    models = build_models(args)
+    device_name = (
+        torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "cpu"
+    )
+    report: Dict[str, Any] = {
+        "config": args.config,
+        "device": device_name,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "dtype": args.dtype,
+        "batch": args.batch,
+        "image_size": args.image_size,
+        "backbone_mode": args.backbone_mode,
+        "attn_impl": args.attn_impl,
+        "params_m": {},
+        "gflops_backbone_fpn": {},
+        "results": [],
+    }
+    for name, model in models.items():
+        report["params_m"][name] = round(sum(p.numel() for p in model.parameters()) / 1e6, 2)
+        report["params_m"][f"{name}.backbone"] = round(
+            sum(p.numel() for p in model.backbone.parameters()) / 1e6, 2
+        )
+        if not args.no_flops:
+            report["gflops_backbone_fpn"][name] = count_flops(model.backbone, args)
+    if "reference" in models:
+        report["max_rel_feature_diff_fp32"] = max_feature_difference(models, args)
+
+    for compiled in modes:
+        workloads = {name: task_fns(model, args, compiled) for name, model in models.items()}
+        for task in tasks:
+            rows = measure({name: fns[task] for name, fns in workloads.items()}, args)
+            for name, row in rows.items():
+                row.update(model=name, task=task, compiled=compiled)
+                report["results"].append(row)
+                print(format_row(row), flush=True)
+        if compiled:
+            for model in models.values():
+                model.backbone = model.backbone._orig_mod  # back to eager
+
+    add_ratios(report)
+    print(format_table(report))
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    atomic_write(args.output, lambda f: f.write(json.dumps(report, indent=2).encode()))
+    print(f"wrote {args.output}")
+    return report
+
+
+def add_ratios(report: Dict[str, Any]) -> None:
+    """ours / reference for time and memory, per task and compile mode."""
+    index = {(r["model"], r["task"], r["compiled"]): r for r in report["results"] if "ms" in r}
+    ratios = []
+    for (model, task, compiled), ours in index.items():
+        ref = index.get(("reference", task, compiled)) or index.get(("reference", task, False))
+        if model != "mvit_det" or ref is None:
+            continue
+        entry = {"task": task, "compiled": compiled, "speedup": round(ref["ms"] / ours["ms"], 2)}
+        if ours["peak_mem_gib"] and ref["peak_mem_gib"]:
+            entry["memory_ratio"] = round(ours["peak_mem_gib"] / ref["peak_mem_gib"], 2)
+        ratios.append(entry)
+    report["ours_vs_reference"] = ratios
+
+
+def format_row(row: Dict[str, Any]) -> str:
+    label = f"{row['model']:<10} {row['task']:<9} {'compiled' if row['compiled'] else 'eager':<8}"
+    if "error" in row:
+        return f"{label} ERROR {row['error']}"
+    mem = f"{row['peak_mem_gib']:.2f} GiB" if row["peak_mem_gib"] is not None else "n/a"
+    return (
+        f"{label} {row['ms']:>9.1f} ms {row['images_per_s']:>7.2f} img/s  peak {mem:<10} "
+        f"first call {row['first_call_s']:.1f} s"
+    )
+
+
+def format_table(report: Dict[str, Any]) -> str:
+    lines = [
+        "",
+        f"device {report['device']} | torch {report['torch']} | {report['dtype']} | batch "
+        f"{report['batch']} at {report['image_size']}px | backbone {report['backbone_mode']}",
+        f"params (M): {report['params_m']}",
+        f"backbone+FPN GFLOPs (multiply-adds) at {report['image_size']}px: "
+        f"{report['gflops_backbone_fpn']}",
+    ]
+    if "max_rel_feature_diff_fp32" in report:
+        lines.append(f"max relative feature difference vs reference (fp32): "
+                     f"{report['max_rel_feature_diff_fp32']:.2e}")  # fmt: skip
+    lines += [format_row(r) for r in report["results"]]
+    for r in report.get("ours_vs_reference", []):
+        mem = f", memory x{r['memory_ratio']}" if "memory_ratio" in r else ""
+        mode = "compiled" if r["compiled"] else "eager"
+        lines.append(f"ours vs reference: {r['task']:<9} {mode:<8} speedup x{r['speedup']}{mem}")
+    return "\n".join(lines)

@@ -1,0 +1,54 @@
+"""Helpers shared by the tests: tiny model sizes, error measures, gradient comparison."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, Tuple
+
+import torch
+import torch.nn as nn
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Images per split of the shapes dataset in tests: enough to train a few iterations and evaluate.
+TINY_SIZES = {"train": 8, "val": 4}
+
+# A 5-block MViT with all four stages, windows, global blocks and stage transitions.
+TINY_MVIT = dict(embed_dim=16, depth=5, num_heads=1, last_block_indexes=(0, 2, 3, 4))
+
+
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """Largest absolute difference relative to the largest magnitude of ``expected``."""
+    actual, expected = actual.double(), expected.double()
+    return ((actual - expected).abs().max() / expected.abs().max().clamp_min(1e-12)).item()
+
+
+def assert_grads_close(
+    actual: Dict[str, torch.Tensor], expected: Dict[str, torch.Tensor], tol: float
+) -> None:
+    """
+    Per-parameter relative error of gradients, each against its own scale.
+
+    Each parameter's error is measured against the largest gradient of that parameter or, for
+    parameters whose true gradient vanishes (a key-norm bias shifts every logit of a query
+    equally, so its gradient is rounding noise), against a thousandth of the largest gradient of
+    the model: noise is never compared with noise.
+    """
+    floor = 1e-3 * max(g.double().abs().max().item() for g in expected.values())
+    for name, grad in expected.items():
+        scale = max(grad.double().abs().max().item(), floor)
+        error = (actual[name].double() - grad.double()).abs().max().item() / scale
+        assert error <= tol, f"{name}: relative gradient error {error:.3g} > {tol:g}"
+
+
+def forward_backward(
+    model: nn.Module, x: torch.Tensor
+) -> Tuple[Dict[str, torch.Tensor], Dict[str, torch.Tensor]]:
+    """Outputs and parameter gradients of a fixed random linear functional of the outputs."""
+    model.zero_grad()
+    out = model(x)
+    generator = torch.Generator().manual_seed(1)
+    weights = [torch.randn(f.shape, generator=generator) for f in out.values()]
+    sum((f.float() * w).sum() for f, w in zip(out.values(), weights)).backward()
+    module = getattr(model, "_orig_mod", model)  # a torch.compile wrapper's parameters
+    return out, {n: p.grad.clone() for n, p in module.named_parameters()}
