@@ -1,7 +1,12 @@
-"""COCO instance segmentation with Large Scale Jitter at 1024x1024, 64 images per iteration."""
+"""COCO instance segmentation with Large Scale Jitter at 1024x1024, 64 images per iteration.
+
+Evaluation resizes the shorter side to 800 pixels (the longer at most 1333), as the published
+MViTv2 COCO models were evaluated, so that their weights reproduce the published AP here.
+"""
 
 from omegaconf import OmegaConf
 
+import detectron2.data.transforms as T
 from detectron2.config import LazyCall as L
 from detectron2.data import (
     DatasetMapper,
@@ -10,7 +15,7 @@ from detectron2.data import (
     get_detection_dataset_dicts,
 )
 from detectron2.evaluation import COCOEvaluator
-from mvit_det.data import lsj_test_augmentations, lsj_train_augmentations
+from mvit_det.data import lsj_train_augmentations
 
 dataloader = OmegaConf.create()
 
@@ -31,7 +36,7 @@ dataloader.test = L(build_detection_test_loader)(
     dataset=L(get_detection_dataset_dicts)(names="coco_2017_val", filter_empty=False),
     mapper=L(DatasetMapper)(
         is_train=False,
-        augmentations=lsj_test_augmentations(1024),
+        augmentations=[L(T.ResizeShortestEdge)(short_edge_length=800, max_size=1333)],
         image_format="${...train.mapper.image_format}",
     ),
     num_workers=4,
