@@ -48,7 +48,7 @@ def official_state(
 ) -> Dict[str, torch.Tensor]:
     """
     Random weights named and shaped as in a facebookresearch/mvit MViTv2 ``model_state``
-    (class token, ImageNet-1K head), derived from the architecture rules of SPEC section 2
+    (class token, ImageNet-1K head), derived from the architecture rules (docs/architecture.md)
     independently of mvit_det's MViT.
     """
     g = torch.Generator().manual_seed(depth * 1000 + embed_dim)
