@@ -213,13 +213,8 @@ def mvit_block_layout(
         ValueError: a window that the q or kv stride of its block does not divide.
     """
     specs: List[BlockSpec] = []
-    dim, heads, stride_kv, window, stage = (
-        embed_dim,
-        num_heads,
-        adaptive_kv_stride,
-        adaptive_window_size,
-        2,
-    )
+    dim, heads, stage = embed_dim, num_heads, 2
+    stride_kv, window = adaptive_kv_stride, adaptive_window_size
     for i in range(depth):
         first_of_stage = i > 0 and i - 1 in last_block_indexes
         dim_out = dim * 2 if first_of_stage else dim
