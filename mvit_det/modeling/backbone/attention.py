@@ -9,11 +9,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .utils import (
+    ceil_div,
     decomposed_rel_pos_terms,
+    is_tracing_or_exporting,
     relative_position_table,
     window_bands,
     window_partition,
     window_unpartition,
+    zero_pad_end,
 )
 
 __all__ = ["ATTN_IMPLS", "MultiScaleAttention", "resolve_attn_impl"]
@@ -215,9 +218,13 @@ class MultiScaleAttention(nn.Module):
         # (B, Hk, Wk, nh, d) -> (B, rows, cols, nh, kv_window**2, d)
         k_win, k_hw = window_partition(k, kv_window)
         v_win, _ = window_partition(v, kv_window)
-        grid = (B, -(-k.shape[1] // kv_window), -(-k.shape[2] // kv_window))
-        k_win, v_win = k_win.unflatten(0, grid), v_win.unflatten(0, grid)
         tables = self._rel_pos_tables((self.q_window, self.q_window), k_hw, q.dtype)
+        if is_tracing_or_exporting():
+            # The bands depend on the input size; a traced graph serves every size, so it pads
+            # the queries to whole windows too (the published formulation) and crops.
+            return self._attend(q, k_win, v_win, (self.q_window, self.q_window), tables)
+        grid = (B, ceil_div(k.shape[1], kv_window), ceil_div(k.shape[2], kv_window))
+        k_win, v_win = k_win.unflatten(0, grid), v_win.unflatten(0, grid)
         rows = []
         for q_rows, win_h, grid_rows in window_bands(H, self.q_window):
             cols = []
@@ -308,7 +315,7 @@ class MultiScaleAttention(nn.Module):
         # Pad the augmented q/k head dim to a multiple of 8 (kernel alignment). The fused (flash)
         # kernels of CPU and CUDA need one head dim for q, k and v, so v is zero-padded to it
         # (otherwise SDPA falls back to its math path, which materialises the attention matrix).
-        width = -(-(d + extra) // 8) * 8
+        width = ceil_div(d + extra, 8) * 8
         pad = width - d - extra
         eye_h = torch.eye(k_h, dtype=k.dtype, device=k.device)
         eye_w = torch.eye(k_w, dtype=k.dtype, device=k.device)
@@ -323,5 +330,7 @@ class MultiScaleAttention(nn.Module):
         ).flatten(0, 1)
         q_aug = torch.cat([q * self.scale, rel_h, rel_w, q.new_zeros(*q.shape[:-1], pad)], -1)
         k_aug = torch.cat([k, onehot.expand(*k.shape[:-1], extra + pad)], dim=-1)
-        out = F.scaled_dot_product_attention(q_aug, k_aug, F.pad(v, (0, width - d)), scale=1.0)
+        out = F.scaled_dot_product_attention(
+            q_aug, k_aug, zero_pad_end(v, -1, width - d), scale=1.0
+        )
         return out[..., :d]

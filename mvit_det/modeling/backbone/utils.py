@@ -10,6 +10,9 @@ import torch.nn.functional as F
 from timm.layers import to_2tuple
 
 __all__ = [
+    "ceil_div",
+    "is_tracing_or_exporting",
+    "zero_pad_end",
     "window_partition",
     "window_unpartition",
     "window_bands",
@@ -19,6 +22,45 @@ __all__ = [
     "resize_rel_pos",
     "check_images",
 ]
+
+
+def ceil_div(a: int, b: int) -> int:
+    """
+    ``ceil(a / b)`` for a >= 0, b > 0, with floor divisions of non-negative numbers only.
+
+    ``-(-a // b)`` gives the same for Python ints, but exporters may translate the floor division
+    of a negative size into a truncating one (the legacy ONNX exporter does), which is off by one.
+    """
+    return (a + b - 1) // b
+
+
+def is_tracing_or_exporting() -> bool:
+    """
+    True under ``torch.jit.trace`` (also used by the legacy ONNX exporter) and ``torch.export``
+    (the dynamo ONNX exporter): shapes are then symbolic, so the code must not branch on them.
+    """
+    return torch.jit.is_tracing() or torch.compiler.is_exporting()
+
+
+def zero_pad_end(x: torch.Tensor, dim: int, amount: int) -> torch.Tensor:
+    """
+    Appends ``amount`` zeros to ``x`` along ``dim`` in a way that traces: a traced ``F.pad``
+    freezes its pad widths, so under tracing/export the zeros are built with the traced size and
+    concatenated.
+
+    Args:
+        x: any tensor.
+        dim: the dimension to extend.
+        amount: number of zeros to append (>= 0; an int, or a traced size).
+
+    Returns:
+        ``x`` extended to ``x.shape[dim] + amount`` along ``dim``.
+    """
+    if not is_tracing_or_exporting():
+        return F.pad(x, (0, 0) * (x.dim() - 1 - dim % x.dim()) + (0, amount))
+    shape = list(x.shape)
+    shape[dim] = amount
+    return torch.cat([x, x.new_zeros(shape)], dim=dim)
 
 
 def window_partition(
@@ -43,7 +85,9 @@ def window_partition(
     win_h, win_w = to_2tuple(window)
     pad_h = (win_h - H % win_h) % win_h
     pad_w = (win_w - W % win_w) % win_w
-    if pad_h or pad_w:
+    if is_tracing_or_exporting():  # the pad widths (maybe 0) are traced sizes
+        x = zero_pad_end(zero_pad_end(x, 1, pad_h), 2, pad_w)
+    elif pad_h or pad_w:
         x = F.pad(x, (0, 0, 0, 0, 0, pad_w, 0, pad_h))
     rows, cols = (H + pad_h) // win_h, (W + pad_w) // win_w
     # (B, rows, win_h, cols, win_w, nh, d) -> (B, rows, cols, nh, win_h, win_w, d)
@@ -71,7 +115,7 @@ def window_unpartition(
         # (B, nh, H * W, d) -> (B, H, W, nh, d)
         return windows.view(-1, nh, H, W, d).permute(0, 2, 3, 1, 4)
     win_h, win_w = to_2tuple(window)
-    rows, cols = -(-H // win_h), -(-W // win_w)
+    rows, cols = ceil_div(H, win_h), ceil_div(W, win_w)
     x = windows.view(-1, rows, cols, nh, win_h, win_w, d)
     # (B, rows, cols, nh, win_h, win_w, d) -> (B, rows, win_h, cols, win_w, nh, d)
     x = x.permute(0, 1, 4, 2, 5, 3, 6).reshape(-1, rows * win_h, cols * win_w, nh, d)
@@ -138,7 +182,9 @@ def relative_position_table(q_size: int, k_size: int, rel_pos: torch.Tensor) -> 
         embeddings of shape (q_size, k_size, head_dim).
     """
     length = 2 * max(q_size, k_size) - 1
-    if rel_pos.shape[0] != length:
+    # Traced: the resize stays in the graph (an identity at the table's own length), so the graph
+    # also serves input sizes whose length differs.
+    if rel_pos.shape[0] != length or is_tracing_or_exporting():
         rel_pos = resize_rel_pos(rel_pos, length)
     q_scale = max(k_size / q_size, 1.0)
     k_scale = max(q_size / k_size, 1.0)
@@ -216,6 +262,8 @@ def check_images(x: torch.Tensor, weight: torch.Tensor, name: str) -> None:
     Raises:
         ValueError: naming what is wrong and how to fix it.
     """
+    if is_tracing_or_exporting():
+        return  # shapes are symbolic: a check would be frozen into the graph as a constant
     in_chans = weight.shape[1]
     if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != in_chans:
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
