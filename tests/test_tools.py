@@ -232,3 +232,19 @@ def test_analyze_tool_reports_per_module(tmp_path, capsys):
     )
     out = capsys.readouterr().out
     assert "total GFLOPs" in out and "bottom_up.blocks.0" in out
+
+
+def test_own_model_example_of_the_docs():
+    text = (REPO / "docs" / "tools.md").read_text()
+    section = text.split("### The backbone in your own Detectron2 model", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict = {}
+    exec(compile(code, "docs/tools.md", "exec"), namespace)
+    model = namespace["model"].eval()
+    assert type(model).__name__ == "RetinaNet"
+    assert isinstance(model.backbone.bottom_up, MViT) and len(model.backbone.bottom_up.blocks) == 10
+    strides = {k: v.stride for k, v in model.backbone.output_shape().items()}
+    assert strides == {f"p{i}": 2**i for i in range(3, 8)}
+    with torch.no_grad():
+        out = model([{"image": torch.zeros(3, 64, 96), "height": 64, "width": 96}])
+    assert out[0]["instances"].image_size == (64, 96)
