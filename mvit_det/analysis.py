@@ -19,18 +19,19 @@ padded window queries that an eager forward skips.
 
 from __future__ import annotations
 
-import sys
+import importlib
 from collections import Counter
 from typing import Any, Dict, List
 
 import torch
-import fvcore.nn.flop_count  # the module (fvcore.nn.flop_count is also a function name)
 from fvcore.nn.jit_handles import get_shape
 
 __all__ = ["register_fvcore_handles", "sdpa_flop_jit", "flop_count_by_operator"]
 
 SDPA_OP = "aten::scaled_dot_product_attention"
 _ZEROS_OPS = ("aten::zeros", "aten::new_zeros", "aten::zeros_like")
+# The module, not the function of the same name that fvcore.nn exports.
+_FVCORE_FLOP_COUNT = importlib.import_module("fvcore.nn.flop_count")
 
 
 def _unpadded_width(value: torch._C.Value) -> int:
@@ -79,7 +80,7 @@ def sdpa_flop_jit(inputs: List[Any], outputs: List[Any]) -> Counter:
 
 def register_fvcore_handles() -> None:
     """Adds :func:`sdpa_flop_jit` to fvcore's default FLOP handles (idempotent)."""
-    sys.modules["fvcore.nn.flop_count"]._DEFAULT_SUPPORTED_OPS[SDPA_OP] = sdpa_flop_jit
+    _FVCORE_FLOP_COUNT._DEFAULT_SUPPORTED_OPS[SDPA_OP] = sdpa_flop_jit
 
 
 def flop_count_by_operator(model: torch.nn.Module, inputs: Any) -> Dict[str, float]:

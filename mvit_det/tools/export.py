@@ -26,6 +26,7 @@ import os
 import sys
 import tempfile
 import warnings
+from functools import partial
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -246,11 +247,10 @@ def export(
     path = os.path.join(output_dir, f"{what}.{suffix}")
     run: Callable[[torch.Tensor], Sequence[Any]]
     if fmt == "torchscript":
-        traced = export_torchscript(module, example, path)
-        run = lambda x: traced(x)  # noqa: E731
+        run = export_torchscript(module, example, path)
     else:
         export_onnx(module, example, path, exporter, opset, names or None)
-        run = lambda x: run_onnx(path, x)  # noqa: E731
+        run = partial(run_onnx, path)
     with torch.no_grad():
         errors = compare_outputs(run(example), expected)
     report = {

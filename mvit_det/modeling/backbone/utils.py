@@ -138,8 +138,8 @@ def window_bands(size: int, window: int) -> List[Tuple[slice, int, slice]]:
         up to two ``(tokens, window_length, window_indexes)`` triples: the token slice of the
         band, the window length inside it, and the slice of window positions it covers.
     """
-    # int(): under torch.jit tracing (fvcore FLOP counts, export) sizes arrive as 0-dim tensors;
-    # the bands are then fixed for the traced input size, like every other shape of the trace.
+    # int(): a size may arrive as a tensor or symbolic int; the bands are then those of that size
+    # (traced graphs do not use bands: see MultiScaleAttention._attend_windows).
     whole, rest = divmod(int(size), window)
     bands = []
     if whole:
