@@ -4,6 +4,7 @@ What works (see docs/tools.md):
 
 - TorchScript tracing (``--format torchscript``), backbone or whole detector (through Detectron2's
   ``TracingAdapter``): the traced graph serves any input size and batch size.
+- TorchScript scripting (``--format torchscript --script --what mvit``) of the MViT alone.
 - ONNX with the legacy exporter (``--format onnx --exporter legacy``), backbone or whole
   detector: a valid graph for the input size it was exported at.
 - ONNX with the dynamo exporter (``--exporter dynamo``), backbone: for the export input size.
@@ -34,6 +35,7 @@ import torch
 from detectron2.export import TracingAdapter
 from detectron2.modeling import GeneralizedRCNN
 
+from ..checkpoint import find_mvit
 from ..utils.file_io import atomic_write
 from .loading import LoadedModel, ToolError, add_model_arguments, load_model
 
@@ -90,23 +92,30 @@ def detector_adapter(model: torch.nn.Module, image: torch.Tensor) -> TracingAdap
     return TracingAdapter(model, [{"image": image}], inference).eval()
 
 
-def export_torchscript(module: torch.nn.Module, example: torch.Tensor, path: str) -> Any:
+def export_torchscript(
+    module: torch.nn.Module, example: torch.Tensor, path: str, script: bool = False
+) -> Any:
     """
-    Traces ``module`` with ``example`` and saves it (atomically).
+    Traces (or scripts) ``module`` and saves it (atomically).
 
     Args:
-        module: a module of one tensor input (e.g. :class:`BackboneOutputs`, a TracingAdapter).
-        example: its example input.
+        module: a module of one tensor input (e.g. :class:`BackboneOutputs`, a TracingAdapter,
+            or, to script, an MViT).
+        example: its example input (for tracing).
         path: the ``.ts`` file to write.
+        script: ``torch.jit.script`` instead of ``torch.jit.trace``.
 
     Returns:
-        the traced module.
+        the TorchScript module.
     """
     with torch.no_grad(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-        traced = torch.jit.trace(module, (example,), strict=False, check_trace=False)
-    atomic_write(path, lambda f: torch.jit.save(traced, f))
-    return traced
+        if script:
+            compiled = torch.jit.script(module)
+        else:
+            compiled = torch.jit.trace(module, (example,), strict=False, check_trace=False)
+    atomic_write(path, lambda f: torch.jit.save(compiled, f))
+    return compiled
 
 
 def export_onnx(
@@ -212,6 +221,7 @@ def export(
     output_dir: str,
     exporter: str = "legacy",
     opset: int = DEFAULT_OPSET,
+    script: bool = False,
 ) -> Dict[str, Any]:
     """
     Exports, runs the export on the example input and compares it with eager.
@@ -219,11 +229,12 @@ def export(
     Args:
         loaded: the model.
         fmt: "torchscript" or "onnx".
-        what: "backbone" or "model".
+        what: "model" (the detector), "backbone" (MViT + neck) or "mvit" (the MViT alone).
         size: (H, W) of the example image before the test resize.
         output_dir: folder of the exported file.
         exporter: ONNX exporter, "legacy" or "dynamo".
         opset: ONNX opset.
+        script: TorchScript by scripting (``what="mvit"`` only) instead of tracing.
 
     Returns:
         a report: file, format, input shape, output names and relative differences.
@@ -233,20 +244,36 @@ def export(
             "the dynamo ONNX exporter does not export the whole detector (its detections are "
             "data-dependent); use --exporter legacy, or --what backbone"
         )
-    example = _example(loaded, size, what == "backbone")
-    if what == "backbone":
-        module: torch.nn.Module = BackboneOutputs(loaded.model.backbone).eval()
-        names: List[str] = module.names
+    if script and (fmt != "torchscript" or what != "mvit"):
+        raise ToolError(
+            "--script applies to --format torchscript --what mvit (Detectron2's necks and heads "
+            "are exported by tracing: leave out --script)"
+        )
+    example = _example(loaded, size, what != "model")
+    names: List[str] = []
+    if what == "model":
+        module: torch.nn.Module = detector_adapter(loaded.model, example)
     else:
-        module = detector_adapter(loaded.model, example)
-        names = []
+        found = find_mvit(loaded.model)
+        if what == "mvit" and found is None:
+            raise ToolError(f"{loaded.config_file} has no MViT to export")
+        backbone = found[1] if what == "mvit" else loaded.model.backbone
+        module = BackboneOutputs(backbone).eval()
+        names = module.names
     with torch.no_grad():
         expected = list(module(example))
     os.makedirs(output_dir, exist_ok=True)
     suffix = "ts" if fmt == "torchscript" else "onnx"
     path = os.path.join(output_dir, f"{what}.{suffix}")
     run: Callable[[torch.Tensor], Sequence[Any]]
-    if fmt == "torchscript":
+    if script:
+        scripted = export_torchscript(module.backbone, example, path, script=True)
+
+        def run(images: torch.Tensor) -> List[torch.Tensor]:
+            features = scripted(images)  # a dict, as the eager MViT's
+            return [features[name] for name in names]
+
+    elif fmt == "torchscript":
         run = export_torchscript(module, example, path)
     else:
         export_onnx(module, example, path, exporter, opset, names or None)
@@ -256,7 +283,7 @@ def export(
     report = {
         "file": path,
         "format": fmt,
-        "exporter": exporter if fmt == "onnx" else "trace",
+        "exporter": exporter if fmt == "onnx" else "script" if script else "trace",
         "what": what,
         "input_shape": list(example.shape),
         "outputs": names or [f"output{i}" for i in range(len(expected))],
@@ -284,7 +311,15 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     )
     parser.add_argument("--format", choices=["torchscript", "onnx"], default="torchscript")
     parser.add_argument("--exporter", choices=EXPORTERS, default="legacy", help="for onnx")
-    parser.add_argument("--what", choices=["model", "backbone"], default="model")
+    parser.add_argument(
+        "--what",
+        choices=["model", "backbone", "mvit"],
+        default="model",
+        help="the detector, its backbone (MViT + FPN or other neck), or the MViT alone",
+    )
+    parser.add_argument(
+        "--script", action="store_true", help="torch.jit.script instead of trace (--what mvit)"
+    )
     parser.add_argument(
         "--image-size", type=_size, default=(800, 1216), help="HxW of the example image"
     )
@@ -310,7 +345,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         if not args.weights:
             print("warning: no --weights: exporting the initialisation", file=sys.stderr)
         report = export(
-            loaded, args.format, args.what, args.image_size, args.output, args.exporter, args.opset
+            loaded,
+            args.format,
+            args.what,
+            args.image_size,
+            args.output,
+            args.exporter,
+            args.opset,
+            args.script,
         )
     except ToolError as e:
         print(f"error: {e}", file=sys.stderr)

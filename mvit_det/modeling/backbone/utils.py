@@ -1,13 +1,10 @@
 """Small shared helpers of the MViT backbone: windows, relative and absolute positions."""
 
-from __future__ import annotations
-
 import math
-from typing import List, Optional, Tuple
+from typing import List, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
-from timm.layers import to_2tuple
 
 __all__ = [
     "ceil_div",
@@ -36,10 +33,18 @@ def ceil_div(a: int, b: int) -> int:
 
 def is_tracing_or_exporting() -> bool:
     """
-    True under ``torch.jit.trace`` (also used by the legacy ONNX exporter) and ``torch.export``
-    (the dynamo ONNX exporter): shapes are then symbolic, so the code must not branch on them.
+    True under ``torch.jit.trace`` (also used by the legacy ONNX exporter), ``torch.export`` (the
+    dynamo ONNX exporter) and in ``torch.jit.script``: shapes are then symbolic, so the code must
+    not branch on them in Python.
     """
-    return torch.jit.is_tracing() or torch.compiler.is_exporting()
+    if torch.jit.is_scripting():
+        return True
+    return torch.jit.is_tracing() or _is_exporting()
+
+
+@torch.jit.unused
+def _is_exporting() -> bool:
+    return torch.compiler.is_exporting()
 
 
 def zero_pad_end(x: torch.Tensor, dim: int, amount: int) -> torch.Tensor:
@@ -57,14 +62,20 @@ def zero_pad_end(x: torch.Tensor, dim: int, amount: int) -> torch.Tensor:
         ``x`` extended to ``x.shape[dim] + amount`` along ``dim``.
     """
     if not is_tracing_or_exporting():
-        return F.pad(x, (0, 0) * (x.dim() - 1 - dim % x.dim()) + (0, amount))
+        return F.pad(x, [0, 0] * (x.dim() - 1 - dim % x.dim()) + [0, amount])
     shape = list(x.shape)
     shape[dim] = amount
     return torch.cat([x, x.new_zeros(shape)], dim=dim)
 
 
+def _pair(window: Union[int, Tuple[int, int]]) -> Tuple[int, int]:
+    if isinstance(window, int):
+        return window, window
+    return window
+
+
 def window_partition(
-    x: torch.Tensor, window: Optional[int | Tuple[int, int]]
+    x: torch.Tensor, window: Optional[Union[int, Tuple[int, int]]]
 ) -> Tuple[torch.Tensor, Tuple[int, int]]:
     """
     Splits a head-split token map into non-overlapping windows, zero-padding to whole windows.
@@ -82,7 +93,7 @@ def window_partition(
     if window is None:
         # (B, H, W, nh, d) -> (B, nh, H * W, d)
         return x.permute(0, 3, 1, 2, 4).reshape(B, nh, H * W, d), (H, W)
-    win_h, win_w = to_2tuple(window)
+    win_h, win_w = _pair(window)
     pad_h = (win_h - H % win_h) % win_h
     pad_w = (win_w - W % win_w) % win_w
     if is_tracing_or_exporting():  # the pad widths (maybe 0) are traced sizes
@@ -96,7 +107,7 @@ def window_partition(
 
 
 def window_unpartition(
-    windows: torch.Tensor, window: Optional[int | Tuple[int, int]], hw: Tuple[int, int]
+    windows: torch.Tensor, window: Optional[Union[int, Tuple[int, int]]], hw: Tuple[int, int]
 ) -> torch.Tensor:
     """
     Inverse of :func:`window_partition`: reassembles windows and crops the padding.
@@ -114,7 +125,7 @@ def window_unpartition(
     if window is None:
         # (B, nh, H * W, d) -> (B, H, W, nh, d)
         return windows.view(-1, nh, H, W, d).permute(0, 2, 3, 1, 4)
-    win_h, win_w = to_2tuple(window)
+    win_h, win_w = _pair(window)
     rows, cols = ceil_div(H, win_h), ceil_div(W, win_w)
     x = windows.view(-1, rows, cols, nh, win_h, win_w, d)
     # (B, rows, cols, nh, win_h, win_w, d) -> (B, rows, win_h, cols, win_w, nh, d)
@@ -236,7 +247,7 @@ def resize_abs_pos(abs_pos: torch.Tensor, has_cls_token: bool, hw: Tuple[int, in
     if has_cls_token:
         abs_pos = abs_pos[:, 1:]
     num = abs_pos.shape[1]
-    side = int(math.isqrt(num))
+    side = int(math.sqrt(num) + 0.5)  # (math.isqrt is not in TorchScript)
     if side * side != num:
         raise ValueError(
             f"absolute position embedding has {num} grid positions, which is not a square grid; "
@@ -249,6 +260,7 @@ def resize_abs_pos(abs_pos: torch.Tensor, has_cls_token: bool, hw: Tuple[int, in
     return grid.permute(0, 2, 3, 1)
 
 
+@torch.jit.unused
 def check_images(x: torch.Tensor, weight: torch.Tensor, name: str) -> None:
     """
     Checks a backbone input: a floating-point (N, C, H, W) tensor with the channels and dtype of
