@@ -11,7 +11,13 @@ setup(
     long_description_content_type="text/markdown",
     packages=find_packages(include=["mvit_det", "mvit_det.*"]),
     package_data={
-        "mvit_det.model_zoo": ["configs/*.py", "configs/common/*.py", "configs/demo/*.py"]
+        "mvit_det.model_zoo": [
+            "configs/*.py",
+            "configs/common/*.py",
+            "configs/demo/*.py",
+            "configs/yacs/*.yaml",
+            "configs/yacs/demo/*.yaml",
+        ]
     },
     include_package_data=True,
     python_requires=">=3.9",
@@ -25,5 +31,10 @@ setup(
         "timm",
         "safetensors",
     ],
-    extras_require={"test": ["pytest", "shapely"]},
+    extras_require={
+        "test": ["pytest", "shapely", "onnx", "onnxruntime", "onnxscript"],
+        # ONNX export (tools/export.py): the exporters need onnx (+ onnxscript for dynamo=True),
+        # checking an export runs it with onnxruntime.
+        "export": ["onnx", "onnxruntime", "onnxscript"],
+    },
 )

@@ -1,5 +1,12 @@
-"""mvit_det: MViTv2 with Hybrid Window Attention as a Detectron2 backbone."""
+"""mvit_det: MViTv2 with Hybrid Window Attention as a Detectron2 backbone.
 
+Importing it registers, for Detectron2's own tools: the yacs backbone builder
+(``build_mvit_fpn_backbone``), the synthetic ``shapes_train`` / ``shapes_val`` datasets and the
+fvcore FLOP count of the fused attention op.
+"""
+
+from . import data  # noqa: F401  (registers the shapes datasets)
+from .analysis import register_fvcore_handles
 from .config import (
     add_mvit_config,
     apply_mvit_preset,
@@ -9,6 +16,8 @@ from .config import (
 from .modeling import MVIT_PRESETS, MViT, build_mvit_fpn, mvit_preset
 
 __version__ = "0.1.0"
+
+register_fvcore_handles()
 
 __all__ = [
     "MVIT_PRESETS",

@@ -29,10 +29,12 @@ TINY_BACKBONE = [
     "model.backbone.bottom_up.last_block_indexes=[0,1,2,3]",
 ]
 WEIGHTS = {"t": "T_in1k", "s": "S_in1k", "b": "B_in1k", "l": "L_in21k", "h": "H_in21k"}
+RETINANETS = [f"retinanet_mvitv2_{s}.py" for s in ("t", "s", "b")] + ["retinanet_mvitv2_b_sfp.py"]
+SHIPPED = RECIPES + RETINANETS + ["demo/mask_rcnn_mvitv2_shapes.py"]
 
 
 def test_all_configs_are_listed():
-    assert set(RECIPES) | {"demo/mask_rcnn_mvitv2_shapes.py"} == set(list_configs())
+    assert set(SHIPPED) == set(list_configs())
 
 
 @pytest.mark.parametrize("name", RECIPES)
@@ -216,4 +218,64 @@ def test_get_config_from_a_non_editable_install(tmp_path):
         capture_output=True,
         text=True,
     ).stdout.split()
-    assert out == ["24", "shapes_val", "11"]
+    assert out == ["24", "shapes_val", str(len(SHIPPED))]
+    yacs = target / "mvit_det" / "model_zoo" / "configs" / "yacs"
+    assert {p.name for p in yacs.glob("*.yaml")} == {
+        "Base-Mask-RCNN-MViTv2.yaml",
+        "Base-Cascade-Mask-RCNN-MViTv2.yaml",
+    } | {n.replace(".py", ".yaml") for n in RECIPES}
+    assert (yacs / "demo" / "mask_rcnn_mvitv2_shapes.yaml").is_file()
+
+
+@pytest.mark.parametrize("name", RETINANETS)
+def test_retinanet_recipe_and_train_step(name, shapes_datasets_root):
+    sfp = name.endswith("_sfp.py")
+    cfg = get_config(name)
+    mvit = "model.backbone.net" if sfp else "model.backbone.bottom_up"
+    bottom_up = cfg.model.backbone.net if sfp else cfg.model.backbone.bottom_up
+    size = "B" if sfp else name[-4].upper()
+    assert bottom_up._target_ is MViT and bottom_up.depth == MVIT_PRESETS[size]["depth"]
+    assert cfg.train.init_checkpoint.endswith(f"MViTv2_{size}_in1k.pyth")
+    assert list(cfg.model.head_in_features) == ["p3", "p4", "p5", "p6", "p7"]
+    assert list(cfg.model.anchor_generator.strides) == [8, 16, 32, 64, 128]
+    assert cfg.model.input_format == "RGB" and cfg.optimizer.lr == 1.6e-4
+    assert not cfg.dataloader.train.mapper.use_instance_mask
+    assert tuple(cfg.dataloader.train.mapper.augmentations[2].crop_size) == (1024, 1024)
+    overrides = [f"{mvit}.{o.split('.', 3)[3]}" for o in TINY_BACKBONE]
+    overrides += ["model.num_classes=3", "model.head.conv_dims=[32]"]
+    overrides += ["optimizer.params.lr_factor_func.decay_rate=0.5"]
+    if sfp:
+        overrides += ["model.backbone.square_pad=0"]  # 128 px images, not 1024 squares
+    apply_overrides_checked(cfg, overrides)
+    torch.manual_seed(0)
+    model = instantiate(cfg.model)
+    outputs = model.backbone.output_shape()
+    assert {k: v.stride for k, v in outputs.items()} == {f"p{i}": 2**i for i in range(3, 8)}
+    cfg.optimizer.params.model = model
+    optimizer = instantiate(cfg.optimizer)
+    lr = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    named = dict(model.named_parameters())
+    prefix = "backbone.net." if sfp else "backbone.bottom_up."
+    # layer decay finds the MViT blocks wherever the pyramid keeps them
+    assert lr[id(named[prefix + "blocks.3.mlp.fc1.weight"])] == pytest.approx(0.5 * 1.6e-4)
+    assert lr[id(named[prefix + "blocks.0.mlp.fc1.weight"])] == pytest.approx(0.5**4 * 1.6e-4)
+
+    inputs = _small_inputs(cfg)
+    model.train()
+    with EventStorage():
+        losses = model(inputs)
+        assert set(losses) == {"loss_cls", "loss_box_reg"}
+        assert all(torch.isfinite(v) for v in losses.values())
+        optimizer.zero_grad()
+        sum(losses.values()).backward()
+        weight = named[prefix + "patch_embed.proj.weight"]
+        assert weight.grad is not None and weight.grad.abs().sum() > 0
+        before = weight.detach().clone()
+        optimizer.step()
+        assert not torch.equal(before, weight)
+    model.eval()
+    with torch.no_grad():
+        out = model([{"image": inputs[0]["image"][:, :96, :112], "height": 96, "width": 112}])
+    inst = out[0]["instances"]
+    assert inst.image_size == (96, 112)
+    assert set(inst.get_fields()) == {"pred_boxes", "scores", "pred_classes"}

@@ -4,6 +4,10 @@ The keys are derived from :class:`MViT`'s signature (``embed_dim`` -> ``EMBED_DI
 lists, ``norm_layer`` as ``NORM_EPS``) and the presets, so a new MViT argument is a new key with no
 second list to update. ``cfg.MODEL.BACKBONE.NAME = "build_mvit_fpn_backbone"`` then builds the
 MViT with Detectron2's FPN.
+
+Importing this module (``import mvit_det`` does) also adds the keys to Detectron2's default config,
+so every later ``get_cfg()``, including those of Detectron2's own tools, can merge the shipped
+``configs/yacs/*.yaml``.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from typing import Any, Dict, Iterator, Tuple
 
 import torch.nn as nn
 from detectron2.config import CfgNode as CN
+from detectron2.config import defaults as detectron2_defaults
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.backbone import BACKBONE_REGISTRY, FPN
 
@@ -24,6 +29,7 @@ __all__ = [
     "apply_mvit_preset",
     "build_mvit_fpn_backbone",
     "mvit_kwargs_from_cfg",
+    "register_mvit_defaults",
 ]
 
 # MViT arguments that are not config keys: the image channels come from the model's input shape,
@@ -119,3 +125,12 @@ def build_mvit_fpn_backbone(cfg: CN, input_shape: ShapeSpec) -> FPN:
         norm=cfg.MODEL.FPN.NORM,
         fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
     )
+
+
+def register_mvit_defaults() -> None:
+    """Adds the ``MODEL.MVIT`` keys to Detectron2's default config (what ``get_cfg()`` clones)."""
+    if "MVIT" not in detectron2_defaults._C.MODEL:
+        add_mvit_config(detectron2_defaults._C)
+
+
+register_mvit_defaults()

@@ -248,27 +248,13 @@ def task_fns(model: torch.nn.Module, args: argparse.Namespace, compiled: bool) -
     return fns
 
 
-def sdpa_flop_jit(inputs: List[Any], outputs: List[Any]) -> Any:
-    """fvcore handle: q k^T and attn v of scaled_dot_product_attention, in multiply-adds."""
-    from collections import Counter
-
-    from fvcore.nn.jit_handles import get_shape
-
-    q, k, v = (get_shape(t) for t in inputs[:3])
-    batch = 1
-    for s in q[:-2]:
-        batch *= s
-    return Counter({"scaled_dot_product_attention": batch * q[-2] * k[-2] * (q[-1] + v[-1])})
-
-
 def count_flops(backbone: torch.nn.Module, args: argparse.Namespace) -> Optional[float]:
     """GFLOPs (multiply-adds, fvcore convention) of one backbone+FPN forward at the image size."""
     from fvcore.nn import FlopCountAnalysis
 
     x = torch.randn(1, 3, args.image_size, args.image_size, device=args.device)
     backbone.eval()
-    analysis = FlopCountAnalysis(backbone, x)
-    analysis.set_op_handle("aten::scaled_dot_product_attention", sdpa_flop_jit)
+    analysis = FlopCountAnalysis(backbone, x)  # counts the fused attention: see mvit_det.analysis
     analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
     with torch.no_grad():
         return round(analysis.total() / 1e9, 2)

@@ -1,19 +1,20 @@
 """Multi-Head Pooling Attention of MViTv2 with an explicit and a fused (SDPA) attention core."""
 
-from __future__ import annotations
-
-from typing import Optional, Tuple, Type
+from typing import List, Optional, Tuple, Type
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .utils import (
+    ceil_div,
     decomposed_rel_pos_terms,
+    is_tracing_or_exporting,
     relative_position_table,
     window_bands,
     window_partition,
     window_unpartition,
+    zero_pad_end,
 )
 
 __all__ = ["ATTN_IMPLS", "MultiScaleAttention", "resolve_attn_impl"]
@@ -39,9 +40,11 @@ def resolve_attn_impl(attn_impl: str) -> str:
     return attn_impl
 
 
-def _pool(x: torch.Tensor, pool: nn.Conv2d, norm: nn.Module, num_heads: int) -> torch.Tensor:
+def _pool(
+    x: torch.Tensor, pool: torch.Tensor, stride: List[int], padding: List[int], num_heads: int
+) -> torch.Tensor:
     """
-    Per-head depthwise pooling followed by LayerNorm over the head dimension.
+    Per-head depthwise pooling.
 
     The pooling kernel is shared by all heads (it has ``head_dim`` channels); it is applied to all
     heads at once as a depthwise conv over ``heads * head_dim`` channels with the kernel repeated,
@@ -49,26 +52,21 @@ def _pool(x: torch.Tensor, pool: nn.Conv2d, norm: nn.Module, num_heads: int) -> 
 
     Args:
         x: (B, H, W, heads * head_dim) tokens.
-        pool: depthwise Conv2d over head_dim channels.
-        norm: LayerNorm over head_dim.
+        pool: (head_dim, 1, kh, kw) weight of the depthwise pooling conv.
+        stride: its stride.
+        padding: its padding.
         num_heads: number of heads.
 
     Returns:
-        (B, H', W', heads, head_dim) pooled and normalised tokens.
+        (B, H', W', heads, head_dim) pooled tokens (to be normalised).
     """
-    weight = pool.weight.repeat(num_heads, 1, 1, 1)
+    weight = pool.repeat(num_heads, 1, 1, 1)
     # (B, H, W, C) -> (B, C, H, W), a channels-last view of contiguous tokens: no copy.
     x = F.conv2d(
-        x.permute(0, 3, 1, 2),
-        weight,
-        None,
-        stride=pool.stride,
-        padding=pool.padding,
-        groups=weight.shape[0],
+        x.permute(0, 3, 1, 2), weight, None, stride=stride, padding=padding, groups=weight.shape[0]
     )
     # (B, C, H', W') -> (B, H', W', heads, head_dim)
-    x = x.permute(0, 2, 3, 1).unflatten(-1, (num_heads, -1))
-    return norm(x)
+    return x.permute(0, 2, 3, 1).unflatten(-1, (num_heads, -1))
 
 
 class MultiScaleAttention(nn.Module):
@@ -140,6 +138,9 @@ class MultiScaleAttention(nn.Module):
                 head_dim, head_dim, pool_kernel, stride, padding, groups=head_dim, bias=False
             )
 
+        # the convs' strides and padding, also readable in TorchScript
+        self.pool_strides = [[stride_q, stride_q], [stride_kv, stride_kv]]
+        self.pool_padding = padding
         self.pool_q = pooling(stride_q)
         self.norm_q = norm_layer(head_dim)
         self.pool_k = pooling(stride_kv)
@@ -153,6 +154,7 @@ class MultiScaleAttention(nn.Module):
         self.residual_pooling = residual_pooling
 
         self.use_rel_pos = use_rel_pos
+        self.rel_pos_h = self.rel_pos_w = None  # parameters with use_rel_pos
         if use_rel_pos:
             if input_size is None:
                 raise ValueError("input_size is required when use_rel_pos=True")
@@ -176,13 +178,21 @@ class MultiScaleAttention(nn.Module):
         # one: each comes out contiguous, so the pooling conv runs on it in channels-last layout
         # and its output feeds the LayerNorm without the two copies a strided chunk costs.
         weights = self.qkv.weight.chunk(3)
-        biases = self.qkv.bias.chunk(3) if self.qkv.bias is not None else (None,) * 3
-        q, k, v = (F.linear(x, w, b) for w, b in zip(weights, biases))
-        q = _pool(q, self.pool_q, self.norm_q, nh)  # (B, Hq, Wq, nh, d)
-        k = _pool(k, self.pool_k, self.norm_k, nh)  # (B, Hk, Wk, nh, d)
-        v = _pool(v, self.pool_v, self.norm_v, nh)
+        biases: List[Optional[torch.Tensor]] = [None, None, None]  # typed for TorchScript
+        if self.qkv.bias is not None:
+            biases = [b for b in self.qkv.bias.chunk(3)]
+        q = F.linear(x, weights[0], biases[0])
+        k = F.linear(x, weights[1], biases[1])
+        v = F.linear(x, weights[2], biases[2])
+        q_stride, kv_stride, padding = self.pool_strides[0], self.pool_strides[1], self.pool_padding
+        # (B, H, W, nh * d) -> (B, Hq, Wq, nh, d) and (B, Hk, Wk, nh, d)
+        q = self.norm_q(_pool(q, self.pool_q.weight, q_stride, padding, nh))
+        k = self.norm_k(_pool(k, self.pool_k.weight, kv_stride, padding, nh))
+        v = self.norm_v(_pool(v, self.pool_v.weight, kv_stride, padding, nh))
         if self.q_window is None:
-            tables = self._rel_pos_tables(q.shape[1:3], k.shape[1:3], q.dtype)
+            tables = self._rel_pos_tables(
+                (q.shape[1], q.shape[2]), (k.shape[1], k.shape[2]), q.dtype
+            )
             out = self._attend(q, k, v, None, tables)
         else:
             out = self._attend_windows(q, k, v)
@@ -194,10 +204,11 @@ class MultiScaleAttention(nn.Module):
         self, q_hw: Tuple[int, int], k_hw: Tuple[int, int], dtype: torch.dtype
     ) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
         """The (q_h, k_h, d) and (q_w, k_w, d) relative-position embeddings, or None without."""
-        if not self.use_rel_pos:
+        rel_pos_h, rel_pos_w = self.rel_pos_h, self.rel_pos_w
+        if rel_pos_h is None or rel_pos_w is None:
             return None
-        table_h = relative_position_table(q_hw[0], k_hw[0], self.rel_pos_h).to(dtype)
-        table_w = relative_position_table(q_hw[1], k_hw[1], self.rel_pos_w).to(dtype)
+        table_h = relative_position_table(q_hw[0], k_hw[0], rel_pos_h).to(dtype)
+        table_w = relative_position_table(q_hw[1], k_hw[1], rel_pos_w).to(dtype)
         return table_h, table_w
 
     def _attend_windows(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -210,14 +221,44 @@ class MultiScaleAttention(nn.Module):
         is spent on padding queries whose outputs would be dropped. Cut windows use the leading
         rows/columns of the full window's relative positions, looked up once for all bands.
         """
+        q_window, kv_window = self.q_window, self.kv_window
+        assert q_window is not None and kv_window is not None  # set with window_size > 0
+        # (B, Hk, Wk, nh, d) -> (B * windows, nh, kv_window**2, d)
+        k_win, k_hw = window_partition(k, (kv_window, kv_window))
+        v_win, _ = window_partition(v, (kv_window, kv_window))
+        tables = self._rel_pos_tables((q_window, q_window), k_hw, q.dtype)
+        if is_tracing_or_exporting():
+            # The bands depend on the input size; a traced or scripted graph serves every size,
+            # so it pads the queries to whole windows too (the published formulation) and crops.
+            return self._attend(q, k_win, v_win, (q_window, q_window), tables)
+        return self._attend_bands(q, k_win, v_win, (k.shape[1], k.shape[2]), tables)
+
+    @torch.jit.unused
+    def _attend_bands(
+        self,
+        q: torch.Tensor,
+        k_win: torch.Tensor,
+        v_win: torch.Tensor,
+        k_hw: Tuple[int, int],
+        tables: Optional[Tuple[torch.Tensor, torch.Tensor]],
+    ) -> torch.Tensor:
+        """
+        :meth:`_attend_windows` band by band: the whole windows, then the cut ones.
+
+        Args:
+            q: (B, Hq, Wq, heads, d) queries.
+            k_win, v_win: (B * windows, heads, kv_window**2, d) key and value windows.
+            k_hw: (Hk, Wk) of the key map before padding.
+            tables: relative-position embeddings of the full window, or None.
+
+        Returns:
+            (B, Hq, Wq, heads, d) attention outputs.
+        """
         B, H, W = q.shape[:3]
         kv_window = self.kv_window
-        # (B, Hk, Wk, nh, d) -> (B, rows, cols, nh, kv_window**2, d)
-        k_win, k_hw = window_partition(k, kv_window)
-        v_win, _ = window_partition(v, kv_window)
-        grid = (B, -(-k.shape[1] // kv_window), -(-k.shape[2] // kv_window))
+        grid = (B, ceil_div(k_hw[0], kv_window), ceil_div(k_hw[1], kv_window))
+        # (B * windows, nh, tokens, d) -> (B, rows, cols, nh, tokens, d)
         k_win, v_win = k_win.unflatten(0, grid), v_win.unflatten(0, grid)
-        tables = self._rel_pos_tables((self.q_window, self.q_window), k_hw, q.dtype)
         rows = []
         for q_rows, win_h, grid_rows in window_bands(H, self.q_window):
             cols = []
@@ -308,7 +349,7 @@ class MultiScaleAttention(nn.Module):
         # Pad the augmented q/k head dim to a multiple of 8 (kernel alignment). The fused (flash)
         # kernels of CPU and CUDA need one head dim for q, k and v, so v is zero-padded to it
         # (otherwise SDPA falls back to its math path, which materialises the attention matrix).
-        width = -(-(d + extra) // 8) * 8
+        width = ceil_div(d + extra, 8) * 8
         pad = width - d - extra
         eye_h = torch.eye(k_h, dtype=k.dtype, device=k.device)
         eye_w = torch.eye(k_w, dtype=k.dtype, device=k.device)
@@ -321,7 +362,11 @@ class MultiScaleAttention(nn.Module):
             ],
             dim=-1,
         ).flatten(0, 1)
-        q_aug = torch.cat([q * self.scale, rel_h, rel_w, q.new_zeros(*q.shape[:-1], pad)], -1)
-        k_aug = torch.cat([k, onehot.expand(*k.shape[:-1], extra + pad)], dim=-1)
-        out = F.scaled_dot_product_attention(q_aug, k_aug, F.pad(v, (0, width - d)), scale=1.0)
+        q_aug = torch.cat(
+            [q * self.scale, rel_h, rel_w, q.new_zeros(list(q.shape[:-1]) + [pad])], -1
+        )
+        k_aug = torch.cat([k, onehot.expand(list(k.shape[:-1]) + [extra + pad])], dim=-1)
+        out = F.scaled_dot_product_attention(
+            q_aug, k_aug, zero_pad_end(v, -1, width - d), scale=1.0
+        )
         return out[..., :d]

@@ -1,7 +1,5 @@
 """MViTv2 backbone with Hybrid Window Attention for Detectron2."""
 
-from __future__ import annotations
-
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, Type
@@ -535,11 +533,14 @@ class MViT(Backbone):
         self._out_feature_channels: Dict[str, int] = {}
         for stage, last in enumerate(last_block_indexes, start=2):
             name = f"scale{stage}"
-            if name in out_features:
-                self._stage_outputs[last] = name
-                self._out_feature_channels[name] = self.block_specs[last].dim_out
-                self._out_feature_strides[name] = patch_stride[0] * 2 ** (stage - 2)
-                self.add_module(f"{name}_norm", norm_layer(self.block_specs[last].dim_out))
+            # scale{n}_norm: the stage's output norm, None (no parameters) when not an output.
+            if name not in out_features:
+                setattr(self, f"{name}_norm", None)
+                continue
+            self._stage_outputs[last] = name
+            self._out_feature_channels[name] = self.block_specs[last].dim_out
+            self._out_feature_strides[name] = patch_stride[0] * 2 ** (stage - 2)
+            self.add_module(f"{name}_norm", norm_layer(self.block_specs[last].dim_out))
         self._out_features = list(out_features)
 
         if self.pos_embed is not None:
@@ -578,20 +579,44 @@ class MViT(Backbone):
             dict of "scale2".."scale5" (those in ``out_features``) to (N, C_n, ceil(H / 2**n),
             ceil(W / 2**n)) feature maps.
         """
-        check_images(x, self.patch_embed.proj.weight, "MViT")
+        if not torch.jit.is_scripting():
+            check_images(x, self.patch_embed.proj.weight, "MViT")
         x = self.patch_embed(x)  # (N, H/4, W/4, C)
         if self.pos_embed is not None:
-            x = x + resize_abs_pos(self.pos_embed, self.pretrain_use_cls_token, x.shape[1:3])
+            grid = (x.shape[1], x.shape[2])
+            x = x + resize_abs_pos(self.pos_embed, self.pretrain_use_cls_token, grid)
 
         outputs: Dict[str, torch.Tensor] = {}
         recompute = self.use_act_checkpoint and self.training and torch.is_grad_enabled()
+        if recompute and torch.jit.is_scripting():
+            raise RuntimeError(
+                "activation checkpointing (use_act_checkpoint=True) does not run in TorchScript: "
+                "use the scripted MViT in eval mode or without gradients"
+            )
         for i, blk in enumerate(self.blocks):
-            x = checkpoint(blk, x, use_reentrant=False) if recompute else blk(x)
+            x = self._recompute_block(i, x) if recompute else blk(x)
             name = self._stage_outputs.get(i)
             if name is not None:
                 # (N, H, W, C) -> (N, C, H, W)
-                outputs[name] = getattr(self, f"{name}_norm")(x).permute(0, 3, 1, 2)
+                outputs[name] = self._stage_norm(name, x).permute(0, 3, 1, 2)
         return outputs
+
+    @torch.jit.unused
+    def _recompute_block(self, index: int, x: torch.Tensor) -> torch.Tensor:
+        """Block ``index`` with activation checkpointing (not in TorchScript)."""
+        return checkpoint(self.blocks[index], x, use_reentrant=False)
+
+    def _stage_norm(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """The output norm of stage ``name`` ("scale2".."scale5"), written out for TorchScript."""
+        if name == "scale2" and self.scale2_norm is not None:
+            return self.scale2_norm(x)
+        if name == "scale3" and self.scale3_norm is not None:
+            return self.scale3_norm(x)
+        if name == "scale4" and self.scale4_norm is not None:
+            return self.scale4_norm(x)
+        if name == "scale5" and self.scale5_norm is not None:
+            return self.scale5_norm(x)
+        raise KeyError(name)
 
 
 class PatchEmbed(nn.Module):

@@ -1,15 +1,15 @@
 """Small shared helpers of the MViT backbone: windows, relative and absolute positions."""
 
-from __future__ import annotations
-
 import math
-from typing import List, Optional, Tuple
+from typing import List, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
-from timm.layers import to_2tuple
 
 __all__ = [
+    "ceil_div",
+    "is_tracing_or_exporting",
+    "zero_pad_end",
     "window_partition",
     "window_unpartition",
     "window_bands",
@@ -21,8 +21,61 @@ __all__ = [
 ]
 
 
+def ceil_div(a: int, b: int) -> int:
+    """
+    ``ceil(a / b)`` for a >= 0, b > 0, with floor divisions of non-negative numbers only.
+
+    ``-(-a // b)`` gives the same for Python ints, but exporters may translate the floor division
+    of a negative size into a truncating one (the legacy ONNX exporter does), which is off by one.
+    """
+    return (a + b - 1) // b
+
+
+def is_tracing_or_exporting() -> bool:
+    """
+    True under ``torch.jit.trace`` (also used by the legacy ONNX exporter), ``torch.export`` (the
+    dynamo ONNX exporter) and in ``torch.jit.script``: shapes are then symbolic, so the code must
+    not branch on them in Python.
+    """
+    if torch.jit.is_scripting():
+        return True
+    return torch.jit.is_tracing() or _is_exporting()
+
+
+@torch.jit.unused
+def _is_exporting() -> bool:
+    return torch.compiler.is_exporting()
+
+
+def zero_pad_end(x: torch.Tensor, dim: int, amount: int) -> torch.Tensor:
+    """
+    Appends ``amount`` zeros to ``x`` along ``dim`` in a way that traces: a traced ``F.pad``
+    freezes its pad widths, so under tracing/export the zeros are built with the traced size and
+    concatenated.
+
+    Args:
+        x: any tensor.
+        dim: the dimension to extend.
+        amount: number of zeros to append (>= 0; an int, or a traced size).
+
+    Returns:
+        ``x`` extended to ``x.shape[dim] + amount`` along ``dim``.
+    """
+    if not is_tracing_or_exporting():
+        return F.pad(x, [0, 0] * (x.dim() - 1 - dim % x.dim()) + [0, amount])
+    shape = list(x.shape)
+    shape[dim] = amount
+    return torch.cat([x, x.new_zeros(shape)], dim=dim)
+
+
+def _pair(window: Union[int, Tuple[int, int]]) -> Tuple[int, int]:
+    if isinstance(window, int):
+        return window, window
+    return window
+
+
 def window_partition(
-    x: torch.Tensor, window: Optional[int | Tuple[int, int]]
+    x: torch.Tensor, window: Optional[Union[int, Tuple[int, int]]]
 ) -> Tuple[torch.Tensor, Tuple[int, int]]:
     """
     Splits a head-split token map into non-overlapping windows, zero-padding to whole windows.
@@ -40,10 +93,12 @@ def window_partition(
     if window is None:
         # (B, H, W, nh, d) -> (B, nh, H * W, d)
         return x.permute(0, 3, 1, 2, 4).reshape(B, nh, H * W, d), (H, W)
-    win_h, win_w = to_2tuple(window)
+    win_h, win_w = _pair(window)
     pad_h = (win_h - H % win_h) % win_h
     pad_w = (win_w - W % win_w) % win_w
-    if pad_h or pad_w:
+    if is_tracing_or_exporting():  # the pad widths (maybe 0) are traced sizes
+        x = zero_pad_end(zero_pad_end(x, 1, pad_h), 2, pad_w)
+    elif pad_h or pad_w:
         x = F.pad(x, (0, 0, 0, 0, 0, pad_w, 0, pad_h))
     rows, cols = (H + pad_h) // win_h, (W + pad_w) // win_w
     # (B, rows, win_h, cols, win_w, nh, d) -> (B, rows, cols, nh, win_h, win_w, d)
@@ -52,7 +107,7 @@ def window_partition(
 
 
 def window_unpartition(
-    windows: torch.Tensor, window: Optional[int | Tuple[int, int]], hw: Tuple[int, int]
+    windows: torch.Tensor, window: Optional[Union[int, Tuple[int, int]]], hw: Tuple[int, int]
 ) -> torch.Tensor:
     """
     Inverse of :func:`window_partition`: reassembles windows and crops the padding.
@@ -70,8 +125,8 @@ def window_unpartition(
     if window is None:
         # (B, nh, H * W, d) -> (B, H, W, nh, d)
         return windows.view(-1, nh, H, W, d).permute(0, 2, 3, 1, 4)
-    win_h, win_w = to_2tuple(window)
-    rows, cols = -(-H // win_h), -(-W // win_w)
+    win_h, win_w = _pair(window)
+    rows, cols = ceil_div(H, win_h), ceil_div(W, win_w)
     x = windows.view(-1, rows, cols, nh, win_h, win_w, d)
     # (B, rows, cols, nh, win_h, win_w, d) -> (B, rows, win_h, cols, win_w, nh, d)
     x = x.permute(0, 1, 4, 2, 5, 3, 6).reshape(-1, rows * win_h, cols * win_w, nh, d)
@@ -94,8 +149,8 @@ def window_bands(size: int, window: int) -> List[Tuple[slice, int, slice]]:
         up to two ``(tokens, window_length, window_indexes)`` triples: the token slice of the
         band, the window length inside it, and the slice of window positions it covers.
     """
-    # int(): under torch.jit tracing (fvcore FLOP counts, export) sizes arrive as 0-dim tensors;
-    # the bands are then fixed for the traced input size, like every other shape of the trace.
+    # int(): a size may arrive as a tensor or symbolic int; the bands are then those of that size
+    # (traced graphs do not use bands: see MultiScaleAttention._attend_windows).
     whole, rest = divmod(int(size), window)
     bands = []
     if whole:
@@ -138,7 +193,9 @@ def relative_position_table(q_size: int, k_size: int, rel_pos: torch.Tensor) -> 
         embeddings of shape (q_size, k_size, head_dim).
     """
     length = 2 * max(q_size, k_size) - 1
-    if rel_pos.shape[0] != length:
+    # Traced: the resize stays in the graph (an identity at the table's own length), so the graph
+    # also serves input sizes whose length differs.
+    if rel_pos.shape[0] != length or is_tracing_or_exporting():
         rel_pos = resize_rel_pos(rel_pos, length)
     q_scale = max(k_size / q_size, 1.0)
     k_scale = max(q_size / k_size, 1.0)
@@ -190,7 +247,7 @@ def resize_abs_pos(abs_pos: torch.Tensor, has_cls_token: bool, hw: Tuple[int, in
     if has_cls_token:
         abs_pos = abs_pos[:, 1:]
     num = abs_pos.shape[1]
-    side = int(math.isqrt(num))
+    side = int(math.sqrt(num) + 0.5)  # (math.isqrt is not in TorchScript)
     if side * side != num:
         raise ValueError(
             f"absolute position embedding has {num} grid positions, which is not a square grid; "
@@ -203,6 +260,7 @@ def resize_abs_pos(abs_pos: torch.Tensor, has_cls_token: bool, hw: Tuple[int, in
     return grid.permute(0, 2, 3, 1)
 
 
+@torch.jit.unused
 def check_images(x: torch.Tensor, weight: torch.Tensor, name: str) -> None:
     """
     Checks a backbone input: a floating-point (N, C, H, W) tensor with the channels and dtype of
@@ -216,6 +274,8 @@ def check_images(x: torch.Tensor, weight: torch.Tensor, name: str) -> None:
     Raises:
         ValueError: naming what is wrong and how to fix it.
     """
+    if is_tracing_or_exporting():
+        return  # shapes are symbolic: a check would be frozen into the graph as a constant
     in_chans = weight.shape[1]
     if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != in_chans:
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__

@@ -1,0 +1,250 @@
+"""tools/predict.py, evaluate.py and analyze.py on generated images with a briefly trained model."""
+
+import json
+import os
+import warnings
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from detectron2.data import DatasetCatalog, detection_utils
+from pycocotools import mask as mask_util
+
+from mvit_det import MViT, build_mvit_fpn
+from mvit_det.analysis import flop_count_by_operator
+from mvit_det.engine.train_net import build_argument_parser
+from mvit_det.engine.train_net import main as train_main
+from mvit_det.tools import analyze, evaluate, predict
+from mvit_det.tools.loading import load_model
+
+from helpers import REPO
+
+DEMO = os.path.join(REPO, "configs", "demo", "mask_rcnn_mvitv2_shapes.py")
+DEMO_YAML = os.path.join(REPO, "configs", "yacs", "demo", "mask_rcnn_mvitv2_shapes.yaml")
+# The demo config with a 4-block, 16-dim MViT at 128 px, as LazyConfig and yacs overrides.
+TINY = [
+    "model.backbone.bottom_up.embed_dim=16",
+    "model.backbone.bottom_up.depth=4",
+    "model.backbone.bottom_up.last_block_indexes=[0,1,2,3]",
+    "dataloader.test.mapper.augmentations.0.short_edge_length=128",
+    "dataloader.test.mapper.augmentations.0.max_size=128",
+]
+TINY_YACS = [
+    "MODEL.MVIT.EMBED_DIM", "16",
+    "MODEL.MVIT.DEPTH", "4",
+    "MODEL.MVIT.LAST_BLOCK_INDEXES", "[0, 1, 2, 3]",
+    "INPUT.MIN_SIZE_TEST", "128",
+    "INPUT.MAX_SIZE_TEST", "128",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def trained_weights(shapes_datasets_root, tmp_path_factory):
+    """The tiny demo model after 4 training iterations, saved by the training tool."""
+    out = tmp_path_factory.mktemp("trained")
+    args = build_argument_parser().parse_args(
+        ["--config-file", DEMO]
+        + TINY
+        + [
+            f"train.output_dir={out}",
+            "train.max_iter=4",
+            "train.eval_period=0",
+            "lr_multiplier.scheduler.milestones=[2,3]",
+            "dataloader.train.total_batch_size=2",
+            "dataloader.train.mapper.augmentations.1.target_height=128",
+            "dataloader.train.mapper.augmentations.1.target_width=128",
+            "dataloader.train.mapper.augmentations.2.crop_size=[128,128]",
+            "model.roi_heads.batch_size_per_image=32",
+        ]
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # no CUDA here
+        train_main(args)
+    path = out / "model_final.pth"
+    assert path.is_file()
+    return str(path)
+
+
+def _write_video(path, frames):
+    h, w = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 5.0, (w, h))
+    for frame in frames:
+        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    writer.release()
+
+
+def test_predict_images_folder_glob_and_video(trained_weights, tmp_path):
+    files = [r["file_name"] for r in DatasetCatalog.get("shapes_val")]
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    for i, name in enumerate(files[:2]):
+        (folder / f"own_{i}.png").write_bytes(open(name, "rb").read())
+    frames = [detection_utils.read_image(f, format="RGB")[:96, :128] for f in files[:3]]
+    _write_video(tmp_path / "clip.mp4", frames)
+    out = tmp_path / "out"
+    argv = ["--config", DEMO, "--weights", trained_weights, "--output", str(out), "--device", "cpu"]
+    argv += ["--score-threshold", "0.0", "--batch-size", "2"]
+    argv += ["--input", files[2], str(folder), str(tmp_path / "folder" / "*.png")]
+    argv += [str(tmp_path / "clip.mp4"), "--opts"] + TINY
+    assert predict.main(argv) == 0
+
+    images = json.loads((out / "images.json").read_text())
+    records = json.loads((out / "predictions.json").read_text())
+    # the glob repeats the folder's files: each input is predicted once
+    stills = [files[2], str(folder / "own_0.png"), str(folder / "own_1.png")]
+    assert [i["file_name"] for i in images] == stills + [str(tmp_path / "clip.mp4")] * 3
+    assert [i.get("frame") for i in images[3:]] == [0, 1, 2]
+    for still in stills:
+        png = cv2.imread(str(out / (os.path.splitext(os.path.basename(still))[0] + ".png")))
+        assert png.shape == cv2.imread(still).shape  # drawn at the image's own size
+    capture = cv2.VideoCapture(str(out / "clip.mp4"))
+    assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 3
+    assert (capture.get(cv2.CAP_PROP_FRAME_WIDTH), capture.get(cv2.CAP_PROP_FRAME_HEIGHT)) == (
+        128,
+        96,
+    )
+    assert not [f for f in os.listdir(out) if f.startswith(".")]  # no partial files left
+
+    # The records are the model's own predictions on each image, in COCO result format.
+    assert records, "score threshold 0 keeps every detection"
+    loaded = load_model(DEMO, trained_weights, "cpu", TINY)
+    category_ids = {c: d for d, c in loaded.metadata.thing_dataset_id_to_contiguous_id.items()}
+    image = detection_utils.read_image(stills[1], format="RGB")
+    with torch.no_grad():
+        expected = loaded.model([loaded.model_input(image)])[0]["instances"]
+    got = [r for r in records if r["image_id"] == 1]
+    assert len(got) == len(expected)
+    boxes = expected.pred_boxes.tensor.numpy()
+    np.testing.assert_allclose(
+        [r["bbox"] for r in got],
+        np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1),
+        atol=1e-3,
+    )
+    assert [r["category_id"] for r in got] == [category_ids[int(c)] for c in expected.pred_classes]
+    np.testing.assert_allclose([r["score"] for r in got], expected.scores.numpy(), rtol=1e-5)
+    rle = dict(got[0]["segmentation"], counts=got[0]["segmentation"]["counts"].encode())
+    assert np.array_equal(mask_util.decode(rle), expected.pred_masks[0].numpy())
+
+
+def test_predict_threshold_and_errors(trained_weights, tmp_path, capsys):
+    image = DatasetCatalog.get("shapes_val")[0]["file_name"]
+    base = ["--config", DEMO, "--weights", trained_weights, "--device", "cpu"]
+    out = tmp_path / "high"
+    argv = base + ["--input", image, "--output", str(out), "--score-threshold", "1.0", "--no-vis"]
+    assert predict.main(argv + ["--opts"] + TINY) == 0
+    assert json.loads((out / "predictions.json").read_text()) == []
+    assert not list(out.glob("*.png"))
+
+    assert predict.main(base + ["--input", str(tmp_path / "nothing*.jpg")]) == 2
+    assert "matches no image or video" in capsys.readouterr().err
+    missing = base[:2] + ["--weights", str(tmp_path / "no.pth"), "--input", image, "--opts"]
+    missing += TINY
+    assert predict.main(missing) == 2
+    assert "no.pth" in capsys.readouterr().err
+    assert predict.main(["--config", "nope.py", "--weights", "w", "--input", image]) == 2
+    assert "mask_rcnn_mvitv2_t.py" in capsys.readouterr().err  # lists the shipped configs
+
+
+def test_evaluate_table_lazy_and_yacs_agree(trained_weights, tmp_path, capsys):
+    output = tmp_path / "eval.json"
+    argv = ["--dataset", "shapes_val", "--device", "cpu", "--output", str(output)]
+    argv += ["--model", DEMO, trained_weights] + TINY
+    argv += ["--model", DEMO_YAML, trained_weights] + TINY_YACS
+    assert evaluate.main(argv) == 0
+    rows = json.loads(output.read_text())
+    assert [r["config"] for r in rows] == [DEMO, DEMO_YAML]
+    lazy, yacs = rows
+    assert lazy["images"] == len(DatasetCatalog.get("shapes_val")) and lazy["ms_per_image"] > 0
+    for task in ("bbox", "segm"):
+        assert 0.0 <= lazy["metrics"][task]["AP"] <= 100.0
+        # the yacs config builds the same model with the same test resize: the same AP
+        assert yacs["metrics"][task] == pytest.approx(lazy["metrics"][task], abs=1e-6, nan_ok=True)
+    table = (tmp_path / "eval.md").read_text()
+    assert f"{lazy['metrics']['bbox']['AP']:.1f}" in table and "ms / image" in table
+    assert table.strip() in capsys.readouterr().out
+
+    bad = ["--output", str(tmp_path / "x.json"), "--model", DEMO]
+    assert evaluate.main(bad) == 2
+
+
+def test_fused_and_explicit_attention_flops_agree():
+    # Detectron2's FlopCountAnalysis (tools/analyze_model.py) with relative positions and windows
+    # cut by the border: the fused op counts as the explicit core's two products.
+    flops = {}
+    for attn_impl in ("eager", "sdpa"):
+        torch.manual_seed(0)
+        bottom_up = MViT(
+            embed_dim=16,
+            depth=5,
+            num_heads=1,
+            last_block_indexes=(0, 2, 3, 4),
+            adaptive_window_size=16,
+            attn_impl=attn_impl,
+        )
+        backbone = build_mvit_fpn(bottom_up, out_channels=32).eval()
+        flops[attn_impl] = flop_count_by_operator(backbone, (torch.randn(1, 3, 96, 160),))
+    eager, sdpa = flops["eager"], flops["sdpa"]
+    assert sdpa["scaled_dot_product_attention"] == pytest.approx(eager["matmul"], rel=1e-12)
+    assert "matmul" not in sdpa and "scaled_dot_product_attention" not in eager
+    assert sdpa["total"] == pytest.approx(eager["total"], rel=1e-12)
+
+
+def test_sdpa_handle_is_registered_with_fvcore():
+    from fvcore.nn import FlopCountAnalysis
+
+    class Attention(torch.nn.Module):
+        def forward(self, q, k, v):
+            return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+
+    q, k, v = torch.randn(2, 3, 50, 16), torch.randn(2, 3, 20, 16), torch.randn(2, 3, 20, 8)
+    analysis = FlopCountAnalysis(Attention(), (q, k, v))  # no handle set by hand
+    analysis.unsupported_ops_warnings(False)
+    # q k^T: 2*3*50*20*16 multiply-adds, attn v: 2*3*50*20*8
+    assert analysis.total() == 2 * 3 * 50 * 20 * (16 + 8)
+
+
+def test_analyze_tool_reports_per_module(tmp_path, capsys):
+    output = tmp_path / "analysis.json"
+    argv = ["--config", DEMO, "--device", "cpu", "--image-size", "96x128", "--backbone"]
+    argv += ["--tasks", "flop", "parameter", "activation", "--output", str(output), "--opts"]
+    argv += TINY
+    assert analyze.main(argv) == 0
+    report = json.loads(output.read_text())
+    loaded = load_model(DEMO, "", "cpu", TINY)
+    backbone = loaded.model.backbone
+    assert report["parameter"]["total_m"] * 1e6 == pytest.approx(
+        sum(p.numel() for p in backbone.parameters())
+    )
+    blocks = report["parameter"]["by_module_m"]
+    assert blocks["bottom_up.blocks.0"] * 1e6 == pytest.approx(
+        sum(p.numel() for p in backbone.bottom_up.blocks[0].parameters())
+    )
+    flops = report["flop"]
+    assert flops["by_operator_gflops"]["scaled_dot_product_attention"] > 0
+    assert flops["total_gflops"] == pytest.approx(sum(flops["by_operator_gflops"].values()))
+    # 96x128 is resized to 96x128 (longer side 128) and padded to multiples of 32 (96x128)
+    image = torch.zeros(1, 3, 96, 128)
+    expected = flop_count_by_operator(backbone, (image,))["total"]
+    assert flops["total_gflops"] == pytest.approx(expected)
+    assert (
+        report["activation"]["total_m"] > 0 and "bottom_up" in report["activation"]["by_module_m"]
+    )
+    out = capsys.readouterr().out
+    assert "total GFLOPs" in out and "bottom_up.blocks.0" in out
+
+
+def test_own_model_example_of_the_docs():
+    text = (REPO / "docs" / "tools.md").read_text()
+    section = text.split("### The backbone in your own Detectron2 model", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict = {}
+    exec(compile(code, "docs/tools.md", "exec"), namespace)
+    model = namespace["model"].eval()
+    assert type(model).__name__ == "RetinaNet"
+    assert isinstance(model.backbone.bottom_up, MViT) and len(model.backbone.bottom_up.blocks) == 10
+    strides = {k: v.stride for k, v in model.backbone.output_shape().items()}
+    assert strides == {f"p{i}": 2**i for i in range(3, 8)}
+    with torch.no_grad():
+        out = model([{"image": torch.zeros(3, 64, 96), "height": 64, "width": 96}])
+    assert out[0]["instances"].image_size == (64, 96)
