@@ -117,7 +117,7 @@ def test_overrides_are_checked():
         "train.max_iter": "not of the form key=value",
         "train.max_iter.x=1": "not a config node",
         "dataloader.train.mapper.augmentations.7.x=1": "list of 3 items",
-        "train.max_iter=[1,": "Cannot apply overrides",
+        "train.max_iter=[1,": "Cannot apply override",
     }
     for override, message in bad.items():
         with pytest.raises(ConfigOverrideError, match=message):
