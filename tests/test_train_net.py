@@ -231,7 +231,9 @@ def test_output_dir_is_locked_and_must_be_writable(
         (tmp_path / "file").write_text("")
         assert run_cli(argv + [f"train.output_dir={tmp_path / 'file' / 'run'}"]) == 2
     err = capsys.readouterr().err
-    assert re.search(r"^error: cannot write to the output directory .*file/run.*Not a directory", err)
+    assert re.search(
+        r"^error: cannot write to the output directory .*file/run.*Not a directory", err
+    )
 
 
 def test_scaling_message_reaches_the_log(shapes_datasets_root, tmp_path):
@@ -272,7 +274,9 @@ def test_full_disk_gives_one_error_line_and_no_partial_checkpoint(shapes_dataset
     assert len(errors) == 1 and re.match(
         r"error: \[Errno 27\] cannot write '.*/run/model_0000000.pth': File too large", errors[0]
     ), errors
-    assert sorted(p.name for p in out.iterdir() if "model" in p.name or "checkpoint" in p.name) == []
+    assert (
+        sorted(p.name for p in out.iterdir() if "model" in p.name or "checkpoint" in p.name) == []
+    )
     assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
 
 

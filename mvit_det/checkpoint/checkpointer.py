@@ -129,6 +129,7 @@ class MViTCheckpointer(DetectionCheckpointer):
             return super().load(path, checkpointables)
         finally:
             self._resuming_from = ""
+            self._parsed_url_during_load = None  # Detectron2 leaves it set when loading fails
 
     def _load_file(self, filename: str) -> Dict[str, Any]:
         if find_mvit(self.model) is None:

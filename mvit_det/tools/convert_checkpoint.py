@@ -92,10 +92,10 @@ def check_output_path(output: str) -> None:
     Raises:
         ValueError: naming the problem (extension, missing or read-only folder, a directory).
     """
-    if not output.endswith((".pkl", ".pth")):
-        raise ValueError(f"output {output!r} must end with .pkl or .pth")
     if os.path.isdir(output):
         raise ValueError(f"output {output!r} is a directory; give a file name inside it")
+    if not output.endswith((".pkl", ".pth")):
+        raise ValueError(f"output {output!r} must end with .pkl or .pth")
     folder = os.path.dirname(os.path.abspath(output))
     if not os.path.isdir(folder):
         raise ValueError(f"the folder of output {output!r} does not exist: create {folder!r}")
