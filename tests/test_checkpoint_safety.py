@@ -7,7 +7,6 @@ import builtins
 import hashlib
 import http.server
 import logging
-import os
 import pickle
 import socket
 import threading
