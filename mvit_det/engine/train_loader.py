@@ -85,6 +85,11 @@ def seeded_rngs(seed: int) -> Iterator[None]:
             np.random.set_state(numpy_state)
 
 
+def _as_is(sample: Any) -> Any:
+    """The loader's collate function: samples pass unchanged (no conversion to tensors)."""
+    return sample
+
+
 class _SampleStream(torchdata.IterableDataset):
     """
     Yields ``(position, mapped sample or None)`` for the positions ``pending`` and then
@@ -232,7 +237,7 @@ class ResumableTrainLoader:
         samples: Any = stream
         if self.num_workers > 0:
             samples = torchdata.DataLoader(
-                stream, batch_size=None, num_workers=self.num_workers, persistent_workers=False
+                stream, batch_size=None, num_workers=self.num_workers, collate_fn=_as_is
             )
         self._live = _BatchIterator(
             iter(samples), self.batch_size, self.aspect_ratio_grouping, self._start

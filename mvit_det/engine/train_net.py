@@ -508,7 +508,8 @@ def do_train(
         logger.info(f"Resuming from iteration {start_iter}")
     if comm.is_main_process():
         metrics = os.path.join(cfg.train.output_dir, "metrics.json")
-        _drop_metrics_after(metrics, start_iter - 1)
+        if start_iter:
+            _drop_metrics_after(metrics, start_iter - 1)
         writers = [
             CommonMetricPrinter(cfg.train.max_iter),
             JSONWriter(metrics),
