@@ -6,9 +6,11 @@ random): the real checkpoints cannot be downloaded here.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pickle
+import socket
 from pathlib import Path
 from typing import Dict, Sequence
 
@@ -342,16 +344,14 @@ def test_other_architecture_weights_are_refused(tmp_path: Path) -> None:
         MViTCheckpointer(Detector(**TINY)).load(str(path))
 
 
-def test_unreachable_url_and_missing_file(monkeypatch: pytest.MonkeyPatch) -> None:
-    from detectron2.utils.file_io import PathManager
-
-    def offline(path: str, **kwargs: object) -> str:
-        raise OSError("Network is unreachable")
-
-    monkeypatch.setattr(PathManager, "get_local_path", offline)
-    url = "detectron2://ImageNetPretrained/mvitv2/MViTv2_T_in1k.pyth"
+def test_unreachable_url_and_missing_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FVCORE_CACHE", str(tmp_path))
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    url = f"http://127.0.0.1:{closed.getsockname()[1]}/MViTv2_T_in1k.pyth"
+    closed.close()  # nothing listens there any more
     with pytest.raises(
-        CheckpointNotFoundError, match="could not fetch .*Network is unreachable.*local path"
+        CheckpointNotFoundError, match="could not fetch .*Connection refused.*local path"
     ):
         MViTCheckpointer(Detector(**TINY)).load(url)
     with pytest.raises(CheckpointNotFoundError, match="no such file"):
@@ -371,6 +371,25 @@ def test_atomic_write_leaves_old_file_on_crash(tmp_path: Path) -> None:
     assert path.read_bytes() == b"old" and os.listdir(tmp_path) == ["model.pkl"]
     atomic_write(str(path), lambda f: f.write(b"new"))
     assert path.read_bytes() == b"new" and os.listdir(tmp_path) == ["model.pkl"]
+
+
+def test_atomic_write_names_the_path_and_errno(tmp_path: Path) -> None:
+    """A failed write (here as torch.save reports a full disk: a RuntimeError whose context is the
+    OSError) raises an OSError with the errno and the path, and leaves the old file."""
+    path = tmp_path / "model_0000009.pth"
+    path.write_bytes(b"old")
+
+    def disk_full(f: object) -> None:
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError:
+            raise RuntimeError("[enforce fail at inline_container.cc:664] unexpected pos")
+
+    with pytest.raises(OSError) as info:
+        atomic_write(str(path), disk_full)
+    assert info.value.errno == errno.ENOSPC
+    assert str(info.value) == f"[Errno 28] cannot write {str(path)!r}: No space left on device"
+    assert path.read_bytes() == b"old" and os.listdir(tmp_path) == [path.name]
 
 
 def test_save_and_resume(tmp_path: Path) -> None:
@@ -396,7 +415,7 @@ def test_save_and_resume(tmp_path: Path) -> None:
 
 
 def test_numpy_values_in_torch_file(tmp_path: Path) -> None:
-    """torch.save files holding numpy arrays need full unpickling; they are read all the same."""
+    """numpy arrays of plain dtypes in torch.save files are plain data: read without trust."""
     state = official_state(**TINY)
     path = tmp_path / "converted.pth"
     torch.save({"model": {k: v.numpy() for k, v in state.items()}}, path)

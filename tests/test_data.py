@@ -19,7 +19,9 @@ from mvit_det.data import (
     SHAPE_CLASSES,
     DatasetError,
     DatasetFilesNotFoundError,
+    InvalidDatasetError,
     UnknownDatasetError,
+    check_coco_dataset,
     generate_shapes_dataset,
     prepare_datasets,
     register_coco_dataset,
@@ -104,6 +106,64 @@ def test_custom_coco_dataset_registration(shapes_datasets_root):
         register_coco_dataset("test_custom_ds", json_file, os.path.dirname(image_root))
     with pytest.raises(DatasetFilesNotFoundError, match="nope.json"):
         register_coco_dataset("test_missing_ds", "/nonexistent/nope.json", image_root)
+
+
+def _copy_of_shapes_val(shapes_datasets_root, tmp_path):
+    """The shapes validation annotations as a dict, and a writer of edited copies."""
+    json_file, image_root = shapes_dataset_files(
+        os.path.join(shapes_datasets_root, "mvit_shapes"), "val"
+    )
+    with open(json_file) as f:
+        data = json.load(f)
+
+    def write(edited):
+        path = tmp_path / "edited.json"
+        path.write_text(json.dumps(edited))
+        return str(path)
+
+    return data, image_root, write
+
+
+def test_coco_dataset_content_is_checked(shapes_datasets_root, tmp_path):
+    data, image_root, write = _copy_of_shapes_val(shapes_datasets_root, tmp_path)
+    check_coco_dataset("ok", write(data), image_root, num_classes=3, for_training=True)
+
+    def fails(edited, message, **options):
+        with pytest.raises(InvalidDatasetError, match=message):
+            check_coco_dataset("ds", write(edited), image_root, **options)
+
+    fails(data, r"'ds' has 3 categories \(circle, triangle, square\).*num_classes=3", num_classes=2)
+    fails({**data, "annotations": []}, "has no annotations", for_training=True)
+    missing = dict(data, images=[dict(data["images"][0], file_name="gone.jpg")] + data["images"])
+    fails(missing, r"1 of the 5 images .*\(1 missing: .*gone.jpg")
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    empty = dict(data, images=[dict(data["images"][0], file_name=str(tmp_path / "empty.jpg"))])
+    fails(empty, r"empty \(0 bytes\): .*empty.jpg")
+    first = data["annotations"][0]
+    no_mask = dict(data, annotations=[dict(first, segmentation=[])] + data["annotations"][1:])
+    check_coco_dataset("ds", write(no_mask), image_root)  # boxes only: fine
+    fails(no_mask, rf"1 annotations .* empty or missing segmentation.*ids {first['id']}\)",
+          check_masks=True)  # fmt: skip
+    stray = dict(data, annotations=[dict(first, category_id=99)])
+    fails(stray, "category_id that is not among its categories")
+    (tmp_path / "broken.json").write_text('{"images": [}')
+    with pytest.raises(InvalidDatasetError, match=r"broken.json' is not valid JSON: .*line 1"):
+        check_coco_dataset("ds", str(tmp_path / "broken.json"), image_root)
+
+
+def test_training_datasets_are_checked_before_use(shapes_datasets_root, tmp_path):
+    """Registered custom datasets are checked by prepare_datasets, against the model too."""
+    data, image_root, write = _copy_of_shapes_val(shapes_datasets_root, tmp_path)
+    register_coco_dataset("test_unlabelled_ds", write({**data, "annotations": []}), image_root)
+    prepare_datasets(["test_unlabelled_ds"])  # fine for evaluation
+    with pytest.raises(InvalidDatasetError, match="no annotations"):
+        prepare_datasets(["test_unlabelled_ds"], for_training=True)
+    DatasetCatalog.register("test_five_classes_ds", list)  # e.g. a builtin dataset
+    MetadataCatalog.get("test_five_classes_ds").set(thing_classes=list("abcde"))
+    with pytest.raises(InvalidDatasetError, match="has 5 classes .*num_classes=5"):
+        prepare_datasets(["test_five_classes_ds"], num_classes=3)
+    with pytest.raises(InvalidDatasetError, match="is a folder"):
+        register_coco_dataset("test_folder_ds", str(tmp_path), image_root)
 
 
 def test_missing_builtin_coco_says_where_files_are_expected(tmp_path, monkeypatch):

@@ -117,7 +117,83 @@ def test_overrides_are_checked():
         "train.max_iter": "not of the form key=value",
         "train.max_iter.x=1": "not a config node",
         "dataloader.train.mapper.augmentations.7.x=1": "list of 3 items",
-        "train.max_iter=[1,": "Cannot apply overrides",
+        "train.max_iter=[1,": "Cannot apply override",
+    }
+    for override, message in bad.items():
+        with pytest.raises(ConfigOverrideError, match=message):
+            apply_overrides_checked(cfg, [override])
+
+
+class _RecordingModel(torch.nn.Module):
+    """Records the dtype its forward computes in and a random draw of every step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(3, 1)
+        self.dtypes, self.draws = [], []
+
+    def forward(self, batch):
+        out = self.linear(batch)
+        self.dtypes.append(out.dtype)
+        self.draws.append(torch.rand(1).item())
+        return {"loss": out.float().pow(2).mean()}
+
+
+def _steps(trainer, iterations):
+    with EventStorage(0) as storage:
+        trainer.storage = storage
+        for trainer.iter in iterations:
+            trainer.run_step()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_amp_precision(dtype):
+    model = _RecordingModel()
+    batches = iter([torch.randn(4, 3)] * 2)
+    trainer = AccumulationTrainer(
+        model, batches, torch.optim.SGD(model.parameters(), lr=0.1), amp=True, amp_dtype=dtype
+    )
+    assert trainer.grad_scaler.is_enabled() == (dtype == torch.float16)
+    _steps(trainer, [0])
+    assert model.dtypes == [dtype]
+
+
+def test_iterations_draw_the_same_randomness_when_resumed():
+    def draws(iterations):
+        model = _RecordingModel()
+        trainer = AccumulationTrainer(
+            model, iter([torch.randn(2, 3)] * 8), torch.optim.SGD(model.parameters(), lr=0.1),
+            seed=11,
+        )  # fmt: skip
+        _steps(trainer, iterations)
+        return model.draws
+
+    torch.manual_seed(0)
+    whole = draws(range(6))
+    torch.manual_seed(1)  # another process state
+    assert draws(range(4, 6)) == whole[4:]
+    assert len(set(whole)) == 6
+
+
+def test_override_values_keep_their_type():
+    cfg = get_config("mask_rcnn_mvitv2_t.py")
+    apply_overrides_checked(
+        cfg,
+        [
+            "optimizer.lr=1",  # an integer is a number
+            "train.eval_period=${train.checkpointer.period}",  # resolved later
+            "model.backbone.bottom_up.drop_path_rate=0.2",
+        ],
+    )
+    assert cfg.optimizer.lr == 1 and cfg.train.eval_period == cfg.train.checkpointer.period
+    cfg = get_config("mask_rcnn_mvitv2_t.py")
+    bad = {
+        "train.max_iter=abc": r"'train.max_iter' expects an integer \(now 67500\), got 'abc'",
+        "train.max_iter=1e4": "expects an integer",
+        "optimizer.lr=fast": "'optimizer.lr' expects a number",
+        "train.amp.enabled=2": "expects a boolean",
+        # an argument of the L(...) callable, typed by its default
+        "model.backbone.bottom_up.drop_path_rate=high": "drop_path_rate' expects a number",
     }
     for override, message in bad.items():
         with pytest.raises(ConfigOverrideError, match=message):

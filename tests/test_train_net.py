@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -10,8 +11,11 @@ import time
 import warnings
 
 import pytest
+import torch
 
-from mvit_det.engine.train_net import build_argument_parser, main, run_cli
+from mvit_det.engine import train_net
+from mvit_det.engine.train_net import build_argument_parser, main, run_cli, setup
+from mvit_det.utils.file_io import file_lock
 
 from helpers import REPO
 
@@ -49,7 +53,7 @@ def test_eval_only_returns_coco_metrics(shapes_datasets_root, tmp_path):
     assert os.path.isfile(tmp_path / "config.yaml")
 
 
-def _tool(args, env, log_path):
+def _tool(args, env, log_path, **popen_options):
     """Starts the training tool on the demo config with its output going to ``log_path``."""
     with open(log_path, "w") as log:  # a file, not a pipe: a full pipe would block the tool
         return subprocess.Popen(
@@ -58,39 +62,54 @@ def _tool(args, env, log_path):
             cwd=REPO,
             stdout=log,
             stderr=subprocess.STDOUT,
+            **popen_options,
         )
 
 
-def test_train_kill_and_resume(shapes_datasets_root, tmp_path):
+# 6 iterations of 2 micro-batches of 2 images (landscape and portrait images are batched apart,
+# so the loader holds waiting images at the checkpoints), checkpoints every 2 iterations.
+RUN = [
+    "--grad-accumulation",
+    "2",
+    "dataloader.train.total_batch_size=4",
+    "train.max_iter=6",
+    "train.checkpointer.period=2",
+    "train.eval_period=6",
+    "train.log_period=2",
+    "lr_multiplier.scheduler.milestones=[4,5]",
+]
+
+
+def _logged_iterations(out):
+    with open(os.path.join(out, "metrics.json")) as f:
+        records = [json.loads(line) for line in f]
+    return [r["iteration"] for r in records if "total_loss" in r]
+
+
+def test_kill_and_resume_equals_an_uninterrupted_run(shapes_datasets_root, tmp_path, capsys):
     env = dict(os.environ, DETECTRON2_DATASETS=shapes_datasets_root)
-    out = str(tmp_path / "run")
-    args = [
-        "--grad-accumulation",
-        "2",
-        f"train.output_dir={out}",
-        "dataloader.train.total_batch_size=2",
-        "train.max_iter=24",
-        "train.checkpointer.period=4",
-        "train.eval_period=24",
-        "train.log_period=4",
-        "lr_multiplier.scheduler.milestones=[20,23]",
-    ]
-    proc = _tool(args, env, tmp_path / "first.log")
+    whole, out = str(tmp_path / "whole"), str(tmp_path / "run")
+    reference = _tool(RUN + [f"train.output_dir={whole}"], env, tmp_path / "whole.log")
+    assert reference.wait(timeout=400) == 0, (tmp_path / "whole.log").read_text()
+
+    proc = _tool(RUN + [f"train.output_dir={out}"], env, tmp_path / "first.log")
     tag = os.path.join(out, "last_checkpoint")
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
-        if os.path.exists(tag) and open(tag).read().strip() >= "model_0000007.pth":
+        if os.path.exists(tag) and open(tag).read().strip() >= "model_0000001.pth":
             break
-        time.sleep(0.2)
+        time.sleep(0.1)
     assert proc.poll() is None, "training ended early:\n" + (tmp_path / "first.log").read_text()
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     saved = open(tag).read().strip()
     saved_iter = int(saved[len("model_") : -len(".pth")])
-    assert saved_iter >= 7 and (saved_iter + 1) % 4 == 0
+    assert saved_iter in (1, 3)
     assert not os.path.exists(os.path.join(out, "model_final.pth"))
+    stale = os.path.join(out, ".model_0000003.pth.k1ll3d.tmp")  # as a write killed midway leaves
+    open(stale, "wb").write(b"half a checkpoint")
 
-    resumed = _tool(["--resume"] + args, env, tmp_path / "resumed.log")
+    resumed = _tool(["--resume"] + RUN + [f"train.output_dir={out}"], env, tmp_path / "resumed.log")
     returncode = resumed.wait(timeout=400)
     log = (tmp_path / "resumed.log").read_text()
     assert returncode == 0, log
@@ -98,13 +117,36 @@ def test_train_kill_and_resume(shapes_datasets_root, tmp_path):
     assert f"Starting training from iteration {saved_iter + 1}" in log
     assert "eta:" in log and "total_loss" in log  # progress with ETA and losses
     assert "Evaluation results for bbox" in log and "Evaluation results for segm" in log
-    assert os.path.isfile(os.path.join(out, "model_final.pth"))
+    assert not os.path.exists(stale)
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(out))
-    with open(os.path.join(out, "metrics.json")) as f:
-        records = [json.loads(line) for line in f]
-    iterations = [r["iteration"] for r in records if "total_loss" in r]
-    assert iterations[-1] == 23 and all(r["total_loss"] > 0 for r in records if "total_loss" in r)
-    assert any("bbox/AP" in r for r in records)
+
+    # The interrupted run ends with the uninterrupted run's weights, bit for bit, and its
+    # checkpoints hold plain data only.
+    expected = torch.load(os.path.join(whole, "model_final.pth"), weights_only=True)
+    final = torch.load(os.path.join(out, "model_final.pth"), weights_only=True)
+    assert final["iteration"] == 5 and final.keys() == expected.keys()
+    for name, value in expected["model"].items():
+        assert torch.equal(final["model"][name], value), name
+    # metrics.json: every logged iteration once (its losses are medians over a window, which
+    # starts afresh when the run is resumed)
+    assert _logged_iterations(out) == _logged_iterations(whole) == [1, 3, 5]
+
+    # Resuming a model of another shape is refused before any optimizer step.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        status = run_cli(
+            ["--resume", "--config-file", os.path.join(REPO, DEMO)]
+            + RUN[2:]
+            + TINY
+            + [f"train.output_dir={out}", "model.roi_heads.num_classes=5"]
+        )
+    err = capsys.readouterr().err
+    assert status == 2 and re.search(r"^error: cannot resume from .*model_final.pth", err, re.M)
+    assert "roi_heads.box_predictor.cls_score.weight: checkpoint [4, 256] vs model [6, 256]" in err
+
+
+def _must_not_launch(*args, **kwargs):
+    raise AssertionError("the processes were launched before the problem was found")
 
 
 @pytest.mark.parametrize(
@@ -115,9 +157,29 @@ def test_train_kill_and_resume(shapes_datasets_root, tmp_path):
             ["train.max_iterr=5"],
             "Unknown config key 'train.max_iterr'.*Did you mean 'max_iter'",
         ),
+        (["--num-gpus", "2"], ["train.max_iterr=5"], "Unknown config key 'train.max_iterr'"),
+        ([], ["train.max_iter=abc"], r"'train.max_iter' expects an integer .*got 'abc'"),
+        ([], ["optimizer.lr=fast"], r"'optimizer.lr' expects a number .*got 'fast'"),
+        (
+            [],
+            ["dataloader.train.total_batch_size=0"],
+            "dataloader.train.total_batch_size must be an integer >= 1, got 0",
+        ),
+        ([], ["train.amp.precision=half"], "train.amp.precision must be one of float16, bfloat16"),
         ([], ["dataloader.train.dataset.names=coco_2017_train"], "instances_train2017.json"),
         ([], ["dataloader.test.dataset.names=my_data"], "Dataset 'my_data' is not registered"),
         (["--register-coco", "x", "/no/such.json", "/no/images"], [], "/no/such.json"),
+        (["--register-coco", "x", "{tmp}", "{tmp}"], [], "annotation file '.*' is a folder"),
+        (
+            ["--register-coco", "x", "{tmp}/bad.json", "{tmp}/bad.json"],
+            [],
+            "image root '.*bad.json' is a file",
+        ),
+        (
+            ["--register-coco", "x", "{tmp}/bad.json", "{tmp}"],
+            ["dataloader.train.dataset.names=x"],
+            r"bad.json' is not valid JSON: Expecting property name .* line 1, column 2",
+        ),
         (["--scale-batch-size", "3", "--grad-accumulation", "2"], [], "multiple of"),
         (
             [],
@@ -126,10 +188,13 @@ def test_train_kill_and_resume(shapes_datasets_root, tmp_path):
         ),
     ],
 )
-def test_usage_errors_are_clear(
+def test_usage_errors_are_clear_and_found_before_launch(
     options, overrides, message, shapes_datasets_root, tmp_path, capsys, monkeypatch
 ):
     monkeypatch.chdir(tmp_path)  # no ./datasets/coco here
+    monkeypatch.setattr(train_net, "launch", _must_not_launch)
+    (tmp_path / "bad.json").write_text("{images: []}")
+    options = [o.format(tmp=tmp_path) for o in options]
     argv = ["--config-file", os.path.join(REPO, DEMO)] + options + TINY
     argv += [
         f"train.output_dir={tmp_path}",
@@ -142,6 +207,99 @@ def test_usage_errors_are_clear(
         assert run_cli(argv) == 2
     err = capsys.readouterr().err
     assert re.search(r"^error: ", err, re.M) and re.search(message, err), err
+
+
+@pytest.mark.parametrize("option", ["--grad-accumulation", "--scale-batch-size"])
+def test_counts_must_be_positive(option, capsys):
+    with pytest.raises(SystemExit) as info:
+        run_cli(["--config-file", os.path.join(REPO, DEMO), option, "0"])
+    assert info.value.code == 2
+    assert f"argument {option}: must be a positive integer, got 0" in capsys.readouterr().err
+
+
+def test_output_dir_is_locked_and_must_be_writable(
+    shapes_datasets_root, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setattr(train_net, "launch", _must_not_launch)
+    argv = ["--config-file", os.path.join(REPO, DEMO)] + TINY
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with file_lock(str(tmp_path / ".train.lock")):  # as a run in progress holds it
+            assert run_cli(argv + [f"train.output_dir={tmp_path}"]) == 2
+        err = capsys.readouterr().err
+        assert f"is in use by another training run (process {os.getpid()})" in err
+        (tmp_path / "file").write_text("")
+        assert run_cli(argv + [f"train.output_dir={tmp_path / 'file' / 'run'}"]) == 2
+    err = capsys.readouterr().err
+    assert re.search(
+        r"^error: cannot write to the output directory .*file/run.*Not a directory", err
+    )
+
+
+def test_scaling_message_reaches_the_log(shapes_datasets_root, tmp_path):
+    args = build_argument_parser().parse_args(
+        ["--config-file", os.path.join(REPO, DEMO), "--scale-batch-size", "8"]
+        + TINY
+        + [f"train.output_dir={tmp_path}"]
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cfg = setup(args)
+    assert cfg.dataloader.train.total_batch_size == 8
+    assert "Scaled the recipe by 4: {'total_batch_size': 2" in (tmp_path / "log.txt").read_text()
+
+
+def _limit_file_size():
+    """In the child: files may not grow past 4 MiB (writes fail with EFBIG, as on a full disk)."""
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4 << 20, 4 << 20))
+
+
+def test_full_disk_gives_one_error_line_and_no_partial_checkpoint(shapes_datasets_root, tmp_path):
+    env = dict(os.environ, DETECTRON2_DATASETS=shapes_datasets_root)
+    out = tmp_path / "run"
+    args = [f"train.output_dir={out}", "train.max_iter=4", "train.checkpointer.period=1"]
+    args += ["lr_multiplier.scheduler.milestones=[2,3]"]
+    proc = subprocess.run(
+        [sys.executable, TOOL, "--config-file", os.path.join(REPO, DEMO)] + args + TINY,
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        preexec_fn=_limit_file_size,
+        timeout=300,
+    )
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2, proc.stderr
+    assert len(errors) == 1 and re.match(
+        r"error: \[Errno 27\] cannot write '.*/run/model_0000000.pth': File too large", errors[0]
+    ), errors
+    assert (
+        sorted(p.name for p in out.iterdir() if "model" in p.name or "checkpoint" in p.name) == []
+    )
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_divergence_names_the_last_good_checkpoint(shapes_datasets_root, tmp_path, capsys):
+    argv = ["--config-file", os.path.join(REPO, DEMO)] + TINY
+    argv += [
+        f"train.output_dir={tmp_path}",
+        "train.max_iter=6",
+        "train.checkpointer.period=1",
+        "optimizer.lr=1e4",
+        "lr_multiplier.warmup_length=0",
+        "lr_multiplier.scheduler.milestones=[4,5]",
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert run_cli(argv) == 1
+    err = capsys.readouterr().err
+    found = re.search(r"^error: .*diverged.* The last good checkpoint is (\S+):", err, re.M)
+    assert found, err
+    last = found.group(1)
+    assert os.path.basename(last) == (tmp_path / "last_checkpoint").read_text()
+    weights = torch.load(last, weights_only=True)["model"]
+    assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
 
 
 def test_missing_config_file_lists_shipped_configs(capsys):

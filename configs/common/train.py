@@ -9,7 +9,9 @@ train = dict(
     reference_world_size=64,
     # Optimizer steps accumulate this many micro-batches of total_batch_size / N images.
     grad_accumulation=1,
-    amp=dict(enabled=True),  # automatic mixed precision (CUDA only; off on the CPU)
+    # Automatic mixed precision (off when training falls back to the CPU): "float16" (with loss
+    # scaling) or "bfloat16" (GPUs from Ampere on).
+    amp=dict(enabled=True, precision="float16"),
     ddp=dict(broadcast_buffers=False, find_unused_parameters=False, fp16_compression=True),
     checkpointer=dict(period=5000, max_to_keep=100),
     eval_period=5000,

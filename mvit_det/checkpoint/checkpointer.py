@@ -1,21 +1,57 @@
-"""A Detectron2 checkpointer that loads official, timm and Detectron2 MViT weights."""
+"""A Detectron2 checkpointer that loads official, timm and Detectron2 MViT weights safely."""
 
 from __future__ import annotations
 
 import os
+import re
 from typing import Any, Dict, List, Optional
 
+import numpy as np
 import torch
 import torch.nn as nn
 from detectron2.checkpoint import DetectionCheckpointer
 from fvcore.common.checkpoint import _IncompatibleKeys
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from ..utils.file_io import atomic_write
-from .errors import MissingBackboneKeysError
-from .io import read_checkpoint, resolve_local_path
+from .errors import (
+    CheckpointError,
+    CheckpointNotFoundError,
+    DamagedCheckpointError,
+    MissingBackboneKeysError,
+    NotACheckpointError,
+)
+from .io import load_object, nonfinite_tensors, read_checkpoint, resolve_local_path
 from .mapping import LoadReport, adapt_state_dict, find_mvit
 
-__all__ = ["MViTCheckpointer"]
+__all__ = ["MViTCheckpointer", "plain_data"]
+
+# Names of periodic checkpoints: "{prefix}_{iteration:07d}.pth".
+_PERIODIC = re.compile(r"^(?P<prefix>.+)_(?P<iteration>\d{7})\.pth$")
+
+
+def plain_data(obj: Any) -> Any:
+    """
+    ``obj`` with omegaconf containers turned into dicts and lists, numpy arrays into tensors and
+    numpy scalars into Python numbers, so that ``torch.load(weights_only=True)`` can read it.
+
+    Args:
+        obj: nested dicts, lists and tuples of tensors, numbers, strings...
+
+    Returns:
+        the converted copy (tensors are shared, not copied).
+    """
+    if isinstance(obj, (DictConfig, ListConfig)):
+        return plain_data(OmegaConf.to_container(obj, resolve=True))
+    if isinstance(obj, dict):
+        return type(obj)((k, plain_data(v)) for k, v in obj.items())
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(plain_data(v) for v in obj)
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(obj)
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
 
 
 class MViTCheckpointer(DetectionCheckpointer):
@@ -23,21 +59,26 @@ class MViTCheckpointer(DetectionCheckpointer):
     :class:`DetectionCheckpointer` for models with an MViT backbone.
 
     ``load`` (hence ``train.init_checkpoint`` and ``resume_or_load``) accepts, as local paths or
-    URLs (``detectron2://...``, ``https://...``):
+    URLs (``detectron2://...``, ``https://...``, optionally ending in ``#sha256=<hex>``):
 
     - official ImageNet checkpoints (``.pyth``, weights under ``model_state``),
     - timm ``mvitv2_*`` weights (``.pth``, ``.bin``, ``.safetensors``),
     - Detectron2 checkpoints (``model_final_*.pkl`` or ``.pth``, weights under ``model``),
-    - plain state dicts of the backbone or of the whole detector.
+    - plain state dicts of the backbone or of the whole detector, or under ``state_dict``.
 
-    Backbone weights are renamed to the model's names (``backbone.bottom_up.*``),
-    classification-only weights are dropped, position tables are interpolated, and a report of
-    loaded / resized / dropped / new / missing keys is logged (also kept as ``last_report``).
-    Backbone tensors are never silently skipped: shapes that cannot be mapped raise
-    :class:`ArchitectureMismatchError`, and missing backbone keys raise
-    :class:`MissingBackboneKeysError` unless ``allow_missing_backbone_keys``.
-    Models without an MViT are loaded exactly as by :class:`DetectionCheckpointer`.
-    ``save`` writes each checkpoint and the ``last_checkpoint`` tag atomically.
+    Files are read without running code from them (see :func:`~mvit_det.checkpoint.io.
+    read_checkpoint`); ``trust=True`` unpickles arbitrary objects. Backbone weights are renamed to
+    the model's names (``backbone.bottom_up.*``), classification-only weights are dropped,
+    position tables are interpolated, and a report of loaded / resized / dropped / new / missing
+    keys is logged (also kept as ``last_report``). Backbone tensors are never silently skipped:
+    shapes that cannot be mapped raise :class:`ArchitectureMismatchError`, and missing backbone
+    keys raise :class:`MissingBackboneKeysError` unless ``allow_missing_backbone_keys``. Models
+    without an MViT get Detectron2's key matching, with the same safe reading.
+
+    ``save`` writes each checkpoint (as plain data, readable with ``weights_only=True``) and the
+    ``last_checkpoint`` tag atomically, and refuses to write weights holding NaN or Inf
+    (``FloatingPointError``). Resuming falls back to the previous checkpoint when the newest is
+    damaged, and refuses a model whose shapes differ from the checkpoint's.
     """
 
     def __init__(
@@ -46,6 +87,7 @@ class MViTCheckpointer(DetectionCheckpointer):
         save_dir: str = "",
         *,
         allow_missing_backbone_keys: bool = False,
+        trust: bool = False,
         save_to_disk: Optional[bool] = None,
         **checkpointables: Any,
     ) -> None:
@@ -55,41 +97,78 @@ class MViTCheckpointer(DetectionCheckpointer):
             save_dir: directory of saved checkpoints.
             allow_missing_backbone_keys: only warn, instead of raising, when the checkpoint
                 lacks backbone keys (they keep their random initialisation).
+            trust: unpickle Python objects of any kind from the files loaded; only for files from
+                a trusted source, since unpickling can run arbitrary code.
             save_to_disk: whether ``save`` writes; defaults to "on the main process".
             checkpointables: other objects to save and restore (optimizer, scheduler...).
         """
         super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
         self.allow_missing_backbone_keys = allow_missing_backbone_keys
+        self.trust = trust
         self.last_report: Optional[LoadReport] = None
         self._source = ""  # description of the file being loaded, for the report
+        self._resuming_from = ""  # the checkpoint being resumed from, while it loads
 
-    def load(self, path: str, *args: Any, **kwargs: Any) -> Dict[str, Any]:
+    def load(self, path: str, checkpointables: Optional[List[str]] = None) -> Dict[str, Any]:
         """
         Loads weights (and, when resuming, the other checkpointables) from a file or URL.
 
         Args:
             path: local path or URL; empty to load nothing.
-            args, kwargs: as for :meth:`DetectionCheckpointer.load`.
+            checkpointables: names of the checkpointables to restore; None for all of them (as
+                when resuming), ``[]`` for the weights only.
 
         Returns:
             the checkpoint's entries not consumed by loading (e.g. "iteration").
         """
-        if path and find_mvit(self.model) is not None:
+        if path:
             # Fetch here so that an unreachable URL gives a clear error.
             path = resolve_local_path(path)
-        return super().load(path, *args, **kwargs)
+        self._resuming_from = path if checkpointables is None and self.checkpointables else ""
+        try:
+            return super().load(path, checkpointables)
+        finally:
+            self._resuming_from = ""
+            self._parsed_url_during_load = None  # Detectron2 leaves it set when loading fails
 
     def _load_file(self, filename: str) -> Dict[str, Any]:
         if find_mvit(self.model) is None:
-            return super()._load_file(filename)
-        ckpt = read_checkpoint(filename)
+            return self._load_detectron2_file(filename)
+        ckpt = read_checkpoint(filename, trust=self.trust)
         self._source = ckpt.describe()
+        nonfinite = nonfinite_tensors(ckpt.state)
+        if nonfinite:
+            self.logger.warning(
+                f"{len(nonfinite)} tensors of {filename} hold NaN or Inf values: "
+                f"{', '.join(nonfinite[:5])}"
+            )
         return {**ckpt.extra, "model": ckpt.state}
+
+    def _load_detectron2_file(self, filename: str) -> Dict[str, Any]:
+        """Detectron2's file conventions (model-zoo and Caffe2 ``.pkl``, pycls ``.pyth``, torch
+        files with or without a ``model`` entry), read safely."""
+        data = load_object(filename, trust=self.trust)
+        if not isinstance(data, dict):
+            raise NotACheckpointError(
+                f"{filename!r} is not a checkpoint: it holds a {type(data).__name__}, not a dict"
+            )
+        if filename.endswith(".pkl") and not ("model" in data and "__author__" in data):
+            blobs = data.get("blobs", data)  # Caffe2 / Detectron1 model zoo
+            weights = {k: v for k, v in blobs.items() if not k.endswith("_momentum")}
+            return {"model": weights, "__author__": "Caffe2", "matching_heuristics": True}
+        if filename.endswith(".pyth") and "model_state" in data:  # pycls
+            weights = {
+                k: v
+                for k, v in data["model_state"].items()
+                if not k.endswith("num_batches_tracked")
+            }
+            return {"model": weights, "__author__": "pycls", "matching_heuristics": True}
+        return data if "model" in data else {"model": data}
 
     def _load_model(self, checkpoint: Dict[str, Any]) -> _IncompatibleKeys:
         found = find_mvit(self.model)
         if found is None:
-            return super()._load_model(checkpoint)
+            return self._refuse_other_shapes(super()._load_model(checkpoint))
         prefix, mvit = found
         checkpoint["model"], report = adapt_state_dict(
             checkpoint["model"],
@@ -113,32 +192,134 @@ class MViTCheckpointer(DetectionCheckpointer):
                     "allow_missing_backbone_keys=True to load it anyway"
                 )
             self.logger.warning(message)
-        incompatible = super()._load_model(checkpoint)
+        incompatible = self._refuse_other_shapes(super()._load_model(checkpoint))
         new = set(report.new)
         missing: List[str] = [k for k in incompatible.missing_keys if k not in new]
         return incompatible._replace(missing_keys=missing)
 
+    def _refuse_other_shapes(self, incompatible: _IncompatibleKeys) -> _IncompatibleKeys:
+        """When resuming, tensors of other shapes mean another model: the optimizer state
+        would not fit it either."""
+        if self._resuming_from and incompatible.incorrect_shapes:
+            shown = "; ".join(
+                f"{key}: checkpoint {list(old)} vs model {list(new)}"
+                for key, old, new in incompatible.incorrect_shapes[:4]
+            )
+            raise CheckpointError(
+                f"cannot resume from {self._resuming_from}: the model differs from the one that "
+                f"was trained ({len(incompatible.incorrect_shapes)} tensors have other shapes: "
+                f"{shown}), e.g. model.roi_heads.num_classes changed. Resume with the config the "
+                "run was started with, or start a new run in another train.output_dir with "
+                f"train.init_checkpoint={self._resuming_from}"
+            )
+        return incompatible
+
+    def resume_or_load(self, path: str, *, resume: bool = True) -> Dict[str, Any]:
+        """
+        Resumes from the newest checkpoint in ``save_dir`` if ``resume`` and there is one,
+        otherwise loads the weights of ``path``.
+
+        A newest checkpoint that is damaged or missing is skipped, with a warning, for the
+        previous periodic checkpoint.
+
+        Args:
+            path: weights to start from when not resuming.
+            resume: whether to resume.
+
+        Returns:
+            as :meth:`load`.
+
+        Raises:
+            CheckpointError: the ``last_checkpoint`` file is empty, or no checkpoint is readable.
+        """
+        if not (resume and self.has_checkpoint()):
+            return self.load(path, checkpointables=[])
+        candidates = self._resume_candidates()
+        for i, candidate in enumerate(candidates):
+            try:
+                return self.load(candidate)
+            except (DamagedCheckpointError, NotACheckpointError, CheckpointNotFoundError) as e:
+                if i + 1 == len(candidates):
+                    raise
+                self.logger.warning(
+                    f"Cannot resume from {candidate}: {e}. Resuming from the previous checkpoint "
+                    f"{candidates[i + 1]} instead."
+                )
+        raise AssertionError("unreachable: there is always a candidate")
+
+    def _resume_candidates(self) -> List[str]:
+        """The checkpoint named by ``last_checkpoint``, then the older periodic ones, newest
+        first."""
+        tag = os.path.join(self.save_dir, "last_checkpoint")
+        newest = self.get_checkpoint_file()
+        periodic = sorted(
+            (int(m.group("iteration")), name)
+            for name in self.path_manager.ls(self.save_dir)
+            for m in [_PERIODIC.match(name)]
+            if m
+        )
+        if newest.rstrip("/") == self.save_dir.rstrip("/"):
+            example = periodic[-1][1] if periodic else "model_0004999.pth"
+            raise CheckpointError(
+                f"{tag} is empty; it should name the checkpoint to resume from. Write the name "
+                f"of one into it (e.g. `echo {example} > {tag}`), or delete it to start training "
+                "from scratch"
+            )
+        tagged = _PERIODIC.match(os.path.basename(newest))
+        limit = int(tagged.group("iteration")) if tagged else None
+        older = [
+            os.path.join(self.save_dir, name)
+            for iteration, name in reversed(periodic)
+            if (limit is None or iteration < limit) and name != os.path.basename(newest)
+        ]
+        return [newest] + older
+
     def save(self, name: str, **kwargs: Any) -> None:
         """
-        Saves the model and checkpointables to ``{save_dir}/{name}.pth``, atomically when
-        ``save_dir`` is a local directory (other PathManager targets are written as by fvcore).
+        Saves the model and checkpointables to ``{save_dir}/{name}.pth`` as plain data, atomically
+        when ``save_dir`` is a local directory, and tags it as the last checkpoint.
+
+        The state is collected on every process (checkpointables may gather data from all
+        ranks), and written by those with ``save_to_disk``.
 
         Args:
             name: file name without extension.
             kwargs: extra entries to store (e.g. iteration).
+
+        Raises:
+            FloatingPointError: weights hold NaN or Inf; nothing is written or tagged.
+            OSError: the file cannot be written (naming it and the errno); nothing is tagged.
         """
-        if "://" in self.save_dir:
-            super().save(name, **kwargs)
-            return
-        if not self.save_dir or not self.save_to_disk:
+        if not self.save_dir:
             return
         data = {"model": self.model.state_dict()}
         data.update({key: obj.state_dict() for key, obj in self.checkpointables.items()})
         data.update(kwargs)
+        if not self.save_to_disk:
+            return
         basename = f"{name}.pth"
         path = os.path.join(self.save_dir, basename)
+        nonfinite = nonfinite_tensors(data["model"])
+        if nonfinite:
+            last = self.get_checkpoint_file() if self.has_checkpoint() else ""
+            raise FloatingPointError(
+                f"not saving {path}: {len(nonfinite)} of the model's {len(data['model'])} tensors "
+                f"hold NaN or Inf (e.g. {', '.join(nonfinite[:3])}); training diverged. "
+                + (
+                    f"The last good checkpoint is {last}: resume from it with a lower "
+                    "optimizer.lr (or a longer warmup)."
+                    if last
+                    else "No checkpoint was saved before; lower optimizer.lr (or lengthen the "
+                    "warmup) and start again."
+                )
+            )
+        data = plain_data(data)
         self.logger.info(f"Saving checkpoint to {path}")
-        atomic_write(path, lambda f: torch.save(data, f))
+        if "://" in self.save_dir:
+            with self.path_manager.open(path, "wb") as f:
+                torch.save(data, f)
+        else:
+            atomic_write(path, lambda f: torch.save(data, f))
         self.tag_last_checkpoint(basename)
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:

@@ -1,10 +1,13 @@
-"""Errors raised while reading, mapping or loading checkpoints."""
+"""Errors raised while fetching, reading, mapping or loading checkpoints."""
 
 __all__ = [
     "CheckpointError",
     "CheckpointNotFoundError",
+    "ChecksumMismatchError",
+    "DamagedCheckpointError",
     "TruncatedCheckpointError",
     "NotACheckpointError",
+    "UnsafeCheckpointError",
     "ArchitectureMismatchError",
     "MissingBackboneKeysError",
 ]
@@ -18,12 +21,24 @@ class CheckpointNotFoundError(CheckpointError):
     """The path does not exist, or the URL could not be fetched."""
 
 
-class TruncatedCheckpointError(CheckpointError):
+class ChecksumMismatchError(CheckpointError):
+    """The file's SHA-256 differs from the one it was asked to have."""
+
+
+class DamagedCheckpointError(CheckpointError):
+    """The file is a checkpoint container whose data is damaged (e.g. a zip CRC mismatch)."""
+
+
+class TruncatedCheckpointError(DamagedCheckpointError):
     """The file is a checkpoint container that ends early (interrupted download or copy)."""
 
 
 class NotACheckpointError(CheckpointError):
     """The file is not a checkpoint at all, or holds no weights."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """Reading the file would run code (it pickles Python objects), and it is not trusted."""
 
 
 class ArchitectureMismatchError(CheckpointError):

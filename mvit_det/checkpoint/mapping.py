@@ -374,12 +374,18 @@ def adapt_state_dict(
         shapes = {k: tuple(v.shape) for k, v in backbone.items()}
         model_shapes = {k: tuple(v.shape) for k, v in backbone_state.items()}
         shown = "\n  ".join(mismatches[:_MAX_SHOWN])
+        held, built = describe_backbone(shapes), describe_backbone(model_shapes)
+        cause = (
+            f"the checkpoint holds {held}, the model is {built}. Build the model with the "
+            "checkpoint's size (MVIT_PRESETS / --model) and options (use_abs_pos, use_rel_pos)"
+            if held != built
+            else f"both are {built}, so the model's options or the file's tensors differ; "
+            "check use_abs_pos, use_rel_pos and the other MViT options, and that the file was "
+            "not edited"
+        )
         raise ArchitectureMismatchError(
             f"{source} does not fit {target_desc}: {len(mismatches)} backbone tensors have other "
-            f"shapes or no place in the model. First mismatches:\n  {shown}\n"
-            f"Likely cause: the checkpoint holds {describe_backbone(shapes)}, the model is "
-            f"{describe_backbone(model_shapes)}. Build the model with the checkpoint's size "
-            "(MVIT_PRESETS / --model) and options (use_abs_pos, use_rel_pos)"
+            f"shapes or no place in the model. First mismatches:\n  {shown}\nLikely cause: {cause}"
         )
     has_scale_norms = any(_SCALE_NORM.match(k) for k in backbone)
     for key in backbone_state:

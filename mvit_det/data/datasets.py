@@ -11,8 +11,9 @@
 """
 
 import difflib
+import json
 import os
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Union
 
 import detectron2.data.datasets  # noqa: F401  (registers Detectron2's builtin datasets)
 from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -25,6 +26,8 @@ __all__ = [
     "DatasetError",
     "UnknownDatasetError",
     "DatasetFilesNotFoundError",
+    "InvalidDatasetError",
+    "check_coco_dataset",
     "datasets_root",
     "shapes_root",
     "register_coco_dataset",
@@ -35,6 +38,10 @@ __all__ = [
 ]
 
 SHAPES_DATASETS = {"shapes_train": "train", "shapes_val": "val"}
+# Datasets registered by register_coco_dataset, whose annotations prepare_datasets checks.
+_CUSTOM_DATASETS: Set[str] = set()
+# How many problems of one kind an error message lists.
+_MAX_SHOWN = 5
 
 
 class DatasetError(Exception):
@@ -50,6 +57,10 @@ class UnknownDatasetError(DatasetError, KeyError):
 
 class DatasetFilesNotFoundError(DatasetError, FileNotFoundError):
     """A registered dataset whose annotation file or image folder is missing."""
+
+
+class InvalidDatasetError(DatasetError, ValueError):
+    """A dataset whose annotation file or images cannot be used as they are."""
 
 
 def datasets_root() -> str:
@@ -84,6 +95,7 @@ def register_coco_dataset(name: str, json_file: str, image_root: str) -> None:
         )
     _check_files(name, json_file, image_root)
     register_coco_instances(name, {}, json_file, image_root)
+    _CUSTOM_DATASETS.add(name)
 
 
 def register_datasets_from_config(datasets: Mapping[str, Mapping[str, str]]) -> None:
@@ -103,6 +115,16 @@ def register_datasets_from_config(datasets: Mapping[str, Mapping[str, str]]) -> 
 
 
 def _check_files(name: str, json_file: str, image_root: str) -> None:
+    if json_file and os.path.isdir(json_file):
+        raise InvalidDatasetError(
+            f"Dataset '{name}': the annotation file '{json_file}' is a folder; give the COCO JSON "
+            "file itself (e.g. annotations/instances_train.json)."
+        )
+    if image_root and os.path.isfile(image_root):
+        raise InvalidDatasetError(
+            f"Dataset '{name}': the image root '{image_root}' is a file; give the folder that the "
+            "JSON's file_name entries are relative to."
+        )
     missing = [p for p in (json_file, image_root) if p and not os.path.exists(p)]
     if not missing:
         return
@@ -120,6 +142,111 @@ def _check_files(name: str, json_file: str, image_root: str) -> None:
         f"'{image_root}', but {' and '.join(repr(p) for p in missing)} "
         f"{'does' if len(missing) == 1 else 'do'} not exist.{hint}"
     )
+
+
+def _listing(items: Sequence[Any]) -> str:
+    """The first few items and the count of the rest, for messages."""
+    shown = ", ".join(str(item) for item in items[:_MAX_SHOWN])
+    return shown + (f" and {len(items) - _MAX_SHOWN} more" if len(items) > _MAX_SHOWN else "")
+
+
+def _read_coco_json(name: str, json_file: str) -> Dict[str, Any]:
+    try:
+        with open(json_file, encoding="utf-8") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as e:
+        raise InvalidDatasetError(
+            f"Dataset '{name}': '{json_file}' is not valid JSON: {e.msg} at line {e.lineno}, "
+            f"column {e.colno}."
+        ) from None
+    except (UnicodeDecodeError, OSError) as e:
+        raise InvalidDatasetError(f"Dataset '{name}': cannot read '{json_file}': {e}.") from None
+    lists = ("images", "annotations", "categories")
+    if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in lists):
+        raise InvalidDatasetError(
+            f"Dataset '{name}': '{json_file}' is not a COCO instances file: it needs the lists "
+            f"{', '.join(lists)} at its top level."
+        )
+    return data
+
+
+def _empty_segmentation(segmentation: Any) -> bool:
+    """Whether a COCO ``segmentation`` holds no usable polygon or mask."""
+    if isinstance(segmentation, dict):  # RLE
+        return not segmentation.get("counts")
+    if isinstance(segmentation, list):
+        return not any(isinstance(p, list) and len(p) >= 6 for p in segmentation)
+    return True
+
+
+def check_coco_dataset(
+    name: str,
+    json_file: str,
+    image_root: str,
+    *,
+    num_classes: Optional[int] = None,
+    for_training: bool = False,
+    check_masks: bool = False,
+) -> None:
+    """Checks a COCO-format dataset's annotations and image files before anything is trained.
+
+    Args:
+        name: the dataset's name, for messages.
+        json_file: its COCO instances JSON.
+        image_root: the folder its ``file_name`` entries are relative to.
+        num_classes: the model's number of classes; more categories than that are an error.
+        for_training: the dataset is trained on: it needs annotations.
+        check_masks: the model trains masks: every annotation needs a non-empty segmentation.
+
+    Raises:
+        InvalidDatasetError: naming the file, the problem and examples of it.
+    """
+    data = _read_coco_json(name, json_file)
+    categories = data["categories"]
+    if num_classes is not None and len(categories) > num_classes:
+        raise InvalidDatasetError(
+            f"Dataset '{name}' has {len(categories)} categories "
+            f"({_listing([c.get('name') for c in categories])}) but the model predicts "
+            f"{num_classes} classes; set model.roi_heads.num_classes={len(categories)}."
+        )
+    missing, empty = [], []
+    for image in data["images"]:
+        path = os.path.join(image_root, image.get("file_name", ""))
+        if not os.path.isfile(path):
+            missing.append(path)
+        elif os.path.getsize(path) == 0:
+            empty.append(path)
+    if missing or empty:
+        problems = [f"{len(missing)} missing: {_listing(missing)}"] * bool(missing)
+        problems += [f"{len(empty)} empty (0 bytes): {_listing(empty)}"] * bool(empty)
+        raise InvalidDatasetError(
+            f"Dataset '{name}': {len(missing) + len(empty)} of the {len(data['images'])} images "
+            f"listed in '{json_file}' cannot be read under '{image_root}' ({'; '.join(problems)})."
+        )
+    annotations = data["annotations"]
+    if for_training and not annotations:
+        raise InvalidDatasetError(
+            f"Dataset '{name}': '{json_file}' has no annotations, so there is nothing to train on."
+        )
+    category_ids = {c.get("id") for c in categories}
+    unknown = [a.get("id") for a in annotations if a.get("category_id") not in category_ids]
+    if unknown:
+        raise InvalidDatasetError(
+            f"Dataset '{name}': {len(unknown)} annotations in '{json_file}' have a category_id "
+            f"that is not among its categories (annotation ids {_listing(unknown)})."
+        )
+    if check_masks:
+        unusable = [
+            a.get("id")
+            for a in annotations
+            if not a.get("iscrowd") and _empty_segmentation(a.get("segmentation"))
+        ]
+        if unusable:
+            raise InvalidDatasetError(
+                f"Dataset '{name}': {len(unusable)} annotations in '{json_file}' have an empty or "
+                f"missing segmentation, which the mask head cannot train on (annotation ids "
+                f"{_listing(unusable)}); give them a polygon or RLE mask, or remove them."
+            )
 
 
 def _load_shapes(name: str) -> List[Dict]:
@@ -152,18 +279,33 @@ def register_shapes_dataset(root: Optional[str] = None) -> None:
         )
 
 
-def prepare_datasets(names: Iterable[str]) -> None:
+def prepare_datasets(
+    names: Iterable[str],
+    *,
+    num_classes: Optional[int] = None,
+    check_content: bool = True,
+    for_training: bool = False,
+    check_masks: bool = False,
+) -> None:
     """Makes sure every named dataset can be loaded, before any model is built.
 
     Generates the synthetic shapes dataset if it is used and absent; for every other dataset
-    checks that it is registered and that its files exist.
+    checks that it is registered and that its files exist, and for datasets registered with
+    :func:`register_coco_dataset`, with ``check_content``, their annotations and images (see
+    :func:`check_coco_dataset`). For other datasets whose metadata lists their classes (e.g.
+    Detectron2's COCO), the number of classes is checked.
 
     Args:
         names: dataset names, e.g. from ``dataloader.train.dataset.names``.
+        num_classes: the model's number of classes, if it has one.
+        check_content: read the annotation files of custom datasets and look for their images.
+        for_training: the datasets are trained on (they need annotations).
+        check_masks: the model trains masks (annotations need segmentations).
 
     Raises:
         UnknownDatasetError: for an unregistered name (with the closest registered names).
         DatasetFilesNotFoundError: naming the files that were expected and where.
+        InvalidDatasetError: for unusable annotation files or images.
     """
     registered = DatasetCatalog.list()
     for name in names:
@@ -180,8 +322,24 @@ def prepare_datasets(names: Iterable[str]) -> None:
                 "'datasets' entry in the config, or mvit_det.data.register_coco_dataset()."
             )
         meta = MetadataCatalog.get(name)
-        if meta.get("json_file") or meta.get("image_root"):
-            _check_files(name, meta.get("json_file", ""), meta.get("image_root", ""))
+        json_file, image_root = meta.get("json_file", ""), meta.get("image_root", "")
+        if json_file or image_root:
+            _check_files(name, json_file, image_root)
+        if name in _CUSTOM_DATASETS and check_content:
+            check_coco_dataset(
+                name,
+                json_file,
+                image_root,
+                num_classes=num_classes,
+                for_training=for_training,
+                check_masks=check_masks,
+            )
+        classes = meta.get("thing_classes", None)
+        if num_classes is not None and classes is not None and len(classes) > num_classes:
+            raise InvalidDatasetError(
+                f"Dataset '{name}' has {len(classes)} classes but the model predicts "
+                f"{num_classes}; set model.roi_heads.num_classes={len(classes)}."
+            )
 
 
 def dataset_names(names: Union[str, Sequence[str]]) -> List[str]:

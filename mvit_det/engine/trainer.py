@@ -1,14 +1,20 @@
-"""A Detectron2 trainer with gradient accumulation and automatic mixed precision."""
+"""A Detectron2 trainer with gradient accumulation, mixed precision and exact resumption."""
 
+import logging
 import time
 from contextlib import nullcontext
-from typing import Dict, Iterable
+from typing import Any, Dict, Iterable, Optional
 
 import torch
 from detectron2.engine import SimpleTrainer
+from detectron2.utils import comm
 from torch.nn.parallel import DistributedDataParallel
 
+from .train_loader import ITERATION_SEED_KEY, derive_seed, seed_all
+
 __all__ = ["AccumulationTrainer"]
+
+logger = logging.getLogger(__name__)
 
 
 class AccumulationTrainer(SimpleTrainer):
@@ -20,6 +26,13 @@ class AccumulationTrainer(SimpleTrainer):
     logged losses are averages over the micro-batches; one iteration consumes
     ``accumulation_steps`` batches of the data loader.
 
+    With a ``seed``, every iteration starts by seeding Python's, numpy's and torch's RNGs from
+    (seed, rank, iteration), so that the random choices of an iteration (proposal sampling,
+    drop path...) do not depend on what ran before it: a run resumed from a checkpoint makes the
+    same choices as an uninterrupted one. :meth:`state_dict` holds the seed and, when the data
+    loader has a ``state_dict`` (:class:`~mvit_det.engine.train_loader.ResumableTrainLoader`),
+    the data position of every rank.
+
     Args:
         model: a module returning a dict of losses (or one loss tensor) in training mode.
         data_loader: an iterable of micro-batches.
@@ -27,6 +40,7 @@ class AccumulationTrainer(SimpleTrainer):
         accumulation_steps: micro-batches per optimizer step.
         amp: run the forward under autocast.
         amp_dtype: autocast dtype; float16 also enables loss scaling.
+        seed: base seed of the per-iteration RNG seeds; None leaves the RNGs alone.
     """
 
     def __init__(
@@ -37,6 +51,7 @@ class AccumulationTrainer(SimpleTrainer):
         accumulation_steps: int = 1,
         amp: bool = False,
         amp_dtype: torch.dtype = torch.float16,
+        seed: Optional[int] = None,
     ) -> None:
         if accumulation_steps < 1:
             raise ValueError(f"accumulation_steps must be >= 1, got {accumulation_steps}.")
@@ -44,6 +59,7 @@ class AccumulationTrainer(SimpleTrainer):
         self.accumulation_steps = accumulation_steps
         self.amp = amp
         self.amp_dtype = amp_dtype
+        self.seed = seed
         self.device_type = next(model.parameters()).device.type
         self.grad_scaler = torch.amp.GradScaler(
             self.device_type, enabled=amp and amp_dtype == torch.float16
@@ -51,6 +67,8 @@ class AccumulationTrainer(SimpleTrainer):
 
     def run_step(self) -> None:
         assert self.model.training, "[AccumulationTrainer] model was changed to eval mode!"
+        if self.seed is not None:
+            seed_all(derive_seed(self.seed, ITERATION_SEED_KEY, comm.get_rank(), self.iter))
         self.optimizer.zero_grad()
         loss_sums: Dict[str, torch.Tensor] = {}
         data_time = 0.0
@@ -75,12 +93,44 @@ class AccumulationTrainer(SimpleTrainer):
         self.grad_scaler.step(self.optimizer)
         self.grad_scaler.update()
 
-    def state_dict(self) -> dict:
+    def state_dict(self) -> Dict[str, Any]:
+        """
+        The trainer's state: iteration, hooks, optimizer, grad scaler, seed and data positions.
+        With several processes every rank must call it at once (the data positions are
+        gathered).
+        """
         ret = super().state_dict()
         ret["grad_scaler"] = self.grad_scaler.state_dict()
+        if self.seed is not None:
+            ret["seed"] = self.seed
+        if hasattr(self.data_loader, "state_dict"):
+            position = self.data_loader.state_dict()
+            ret["data"] = comm.all_gather(position) if comm.get_world_size() > 1 else [position]
         return ret
 
-    def load_state_dict(self, state_dict: dict) -> None:
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
         if "grad_scaler" in state_dict:
             self.grad_scaler.load_state_dict(state_dict["grad_scaler"])
+        if self.seed is not None and "seed" in state_dict:
+            self.seed = int(state_dict["seed"])
+        positions = state_dict.get("data")
+        if positions and hasattr(self.data_loader, "load_state_dict"):
+            world_size, rank = comm.get_world_size(), comm.get_rank()
+            if len(positions) == world_size:
+                self.data_loader.load_state_dict(positions[rank])
+                return
+            # Another number of processes: continue after the images the old run has read.
+            consumed = max(p["next"] for p in positions) * len(positions)
+            logger.warning(
+                f"The checkpoint was written by {len(positions)} training processes and this run "
+                f"has {world_size}: the data order continues after the {consumed} images read, "
+                "but does not repeat the uninterrupted run's exactly."
+            )
+            self.data_loader.load_state_dict(
+                {
+                    "seed": positions[0]["seed"],
+                    "next": -(-consumed // world_size),
+                    "pending": [],
+                }
+            )

@@ -69,6 +69,24 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     unknown = set(args.tasks.split(",")) - {"backbone", "train", "infer"}
     if unknown:
         p.error(f"unknown task(s) {sorted(unknown)}; choose from backbone, train, infer")
+    for option, value, minimum in (
+        ("--batch", args.batch, 1),
+        ("--iters", args.iters, 1),
+        ("--warmup", args.warmup, 0),
+    ):
+        if value < minimum:
+            p.error(f"{option} must be >= {minimum}, got {value}")
+    if args.image_size < 32 or args.image_size % 32:
+        p.error(
+            f"--image-size must be a positive multiple of 32 (the backbone's output stride), "
+            f"got {args.image_size}"
+        )
+    infer_size = args.infer_size.lower().split("x")
+    if len(infer_size) != 2 or not all(v.isdigit() and int(v) > 0 for v in infer_size):
+        p.error(
+            f"--infer-size must be HxW with positive integers, e.g. 800x1216, got "
+            f"{args.infer_size!r}"
+        )
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         p.error("--device cuda was asked for but CUDA is not available; use --device cpu")
     return args  # fmt: skip

@@ -8,22 +8,27 @@ Examples:
     python tools/convert_checkpoint.py detectron2://ImageNetPretrained/mvitv2/MViTv2_B_in21k.pyth \\
         mvitv2_b_in21k.pkl --model configs/cascade_mask_rcnn_mvitv2_b.py
 
+Files are read without running code from them: a file that pickles Python objects besides
+weights is refused unless --trust-checkpoint is given. A URL may end in #sha256=<hex> (or pass
+--sha256) to pin the file's digest.
+
 Exit status: 0 on success, 1 when backbone keys are missing, 2 when the input cannot be read or
-does not fit the model, or --model is unknown. Nothing is written unless the status is 0, and the
-output appears whole or not at all.
+does not fit the model, --model is unknown, or the output cannot be written. Nothing is written
+unless the status is 0, and the output appears whole or not at all.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import List, Optional, Tuple
 
 import torch.nn as nn
 from detectron2.config import LazyConfig, instantiate
 
-from ..checkpoint import CheckpointError, adapt_state_dict, find_mvit, read_checkpoint
-from ..checkpoint import save_checkpoint
+from ..checkpoint import CheckpointError, adapt_state_dict, find_mvit, nonfinite_tensors
+from ..checkpoint import read_checkpoint, save_checkpoint
 from ..model_zoo import resolve_config_file
 from ..modeling import MVIT_PRESETS, MViT, mvit_preset
 
@@ -67,7 +72,35 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         help=f"target size ({', '.join(MVIT_PRESETS)}), or a LazyConfig file or shipped config "
         "name of the detector",
     )
+    parser.add_argument("--sha256", help="expected SHA-256 of the input (64 hex digits)")
+    parser.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="unpickle Python objects of any kind from the input; only for files from a trusted "
+        "source, since unpickling can run arbitrary code",
+    )
     return parser.parse_args(argv)
+
+
+def check_output_path(output: str) -> None:
+    """
+    Checks, before any work, that the output can be written.
+
+    Args:
+        output: the output file.
+
+    Raises:
+        ValueError: naming the problem (extension, missing or read-only folder, a directory).
+    """
+    if os.path.isdir(output):
+        raise ValueError(f"output {output!r} is a directory; give a file name inside it")
+    if not output.endswith((".pkl", ".pth")):
+        raise ValueError(f"output {output!r} must end with .pkl or .pth")
+    folder = os.path.dirname(os.path.abspath(output))
+    if not os.path.isdir(folder):
+        raise ValueError(f"the folder of output {output!r} does not exist: create {folder!r}")
+    if not os.access(folder, os.W_OK):
+        raise ValueError(f"the folder of output {output!r} is not writable")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -81,12 +114,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         the exit status.
     """
     args = parse_args(argv)
-    if not args.output.endswith((".pkl", ".pth")):
-        print(f"error: output {args.output!r} must end with .pkl or .pth", file=sys.stderr)
-        return 2
     try:
+        check_output_path(args.output)
         prefix, mvit = build_target(args.model)
-        ckpt = read_checkpoint(args.input)
+        ckpt = read_checkpoint(args.input, trust=args.trust_checkpoint, sha256=args.sha256)
         state, report = adapt_state_dict(
             ckpt.state,
             mvit.state_dict(),
@@ -105,6 +136,17 @@ def main(argv: Optional[List[str]] = None) -> int:
             file=sys.stderr,
         )
         return 1
-    save_checkpoint(state, args.output)
+    nonfinite = nonfinite_tensors(state)
+    if nonfinite:
+        print(
+            f"warning: {len(nonfinite)} tensors hold NaN or Inf values: "
+            f"{', '.join(nonfinite[:5])}{' ...' if len(nonfinite) > 5 else ''}",
+            file=sys.stderr,
+        )
+    try:
+        save_checkpoint(state, args.output)
+    except OSError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(f"wrote {len(state)} tensors to {args.output}")
     return 0

@@ -15,6 +15,7 @@ import json
 import os
 import sys
 import time
+from contextlib import ExitStack
 from typing import Any, Dict, List, Optional
 
 import cv2
@@ -26,6 +27,7 @@ from detectron2.data import detection_utils
 from detectron2.utils.visualizer import Visualizer
 
 from ..engine.train_net import UsageError, build_argument_parser, do_test, do_train, setup
+from ..engine.train_net import load_config, training_output_dir
 from ..model_zoo import get_config_file
 from ..utils.file_io import atomic_write
 
@@ -89,17 +91,41 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--num-vis", type=int, default=6, help="validation images to draw")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides key=value")
     args = parser.parse_args(argv)
+    if args.num_vis < 0:
+        parser.error(f"--num-vis must be >= 0, got {args.num_vis}")
 
     start = time.perf_counter()
     train_args = build_argument_parser().parse_args(
         ["--config-file", get_config_file(DEMO_CONFIG), f"train.output_dir={args.output_dir}"]
         + args.opts
     )
-    try:
-        cfg = setup(train_args)  # also generates the dataset if it is absent
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    with ExitStack() as stack:
+        try:
+            # Checks the overrides, then the output folder, before the dataset is generated.
+            cfg = load_config(train_args)
+            stack.enter_context(training_output_dir(cfg.train.output_dir))
+            cfg = setup(train_args)  # also generates the dataset if it is absent
+        except UsageError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        try:
+            return _run_demo(cfg, args.num_vis, start)
+        except (OSError, FloatingPointError) as e:  # a full disk, a diverged run
+            print(f"error: {e}", file=sys.stderr)
+            return 2 if isinstance(e, OSError) else 1
+
+
+def _run_demo(cfg: Any, num_vis: int, start: float) -> int:
+    """Evaluates, trains, evaluates again, draws and reports (see the module's docstring).
+
+    Args:
+        cfg: the demo config, set up.
+        num_vis: validation images to draw.
+        start: ``time.perf_counter()`` when the demo started.
+
+    Returns:
+        the exit status.
+    """
     model = instantiate(cfg.model).to(cfg.train.device)
 
     print("Evaluating the untrained model on shapes_val ...", flush=True)
@@ -109,7 +135,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     train_minutes = (time.perf_counter() - t_train) / 60
 
     vis_dir = os.path.join(cfg.train.output_dir, "visualizations")
-    paths = write_visualisations(model, "shapes_val", cfg, vis_dir, args.num_vis)
+    paths = write_visualisations(model, "shapes_val", cfg, vis_dir, num_vis)
     total_minutes = (time.perf_counter() - start) / 60
     summary = {
         "before": before,

@@ -1,5 +1,5 @@
 """Small helpers shared across mvit_det."""
 
-from .file_io import atomic_write
+from .file_io import FileLockedError, atomic_write, file_lock, remove_stale_temp_files
 
-__all__ = ["atomic_write"]
+__all__ = ["FileLockedError", "atomic_write", "file_lock", "remove_stale_temp_files"]
