@@ -1,4 +1,5 @@
-"""A Detectron2 checkpointer that loads official, timm and Detectron2 MViT weights."""
+"""A Detectron2 checkpointer that loads official, timm and Detectron2 MViT weights, and published
+ViL weights."""
 
 from __future__ import annotations
 
@@ -13,14 +14,15 @@ from fvcore.common.checkpoint import _IncompatibleKeys
 from ..utils.file_io import atomic_write
 from .errors import MissingBackboneKeysError
 from .io import read_checkpoint, resolve_local_path
-from .mapping import LoadReport, adapt_state_dict, find_mvit
+from .backbones import adapt_backbone_state_dict, find_backbone
+from .mapping import LoadReport
 
 __all__ = ["MViTCheckpointer"]
 
 
 class MViTCheckpointer(DetectionCheckpointer):
     """
-    :class:`DetectionCheckpointer` for models with an MViT backbone.
+    :class:`DetectionCheckpointer` for models with an MViT (or a ViL) backbone.
 
     ``load`` (hence ``train.init_checkpoint`` and ``resume_or_load``) accepts, as local paths or
     URLs (``detectron2://...``, ``https://...``):
@@ -28,7 +30,9 @@ class MViTCheckpointer(DetectionCheckpointer):
     - official ImageNet checkpoints (``.pyth``, weights under ``model_state``),
     - timm ``mvitv2_*`` weights (``.pth``, ``.bin``, ``.safetensors``),
     - Detectron2 checkpoints (``model_final_*.pkl`` or ``.pth``, weights under ``model``),
-    - plain state dicts of the backbone or of the whole detector.
+    - plain state dicts of the backbone or of the whole detector,
+    - for ViL: the published classification (``{"net": ...}``) and detection checkpoints (see
+      :mod:`mvit_det.checkpoint.vil`).
 
     Backbone weights are renamed to the model's names (``backbone.bottom_up.*``),
     classification-only weights are dropped, position tables are interpolated, and a report of
@@ -36,7 +40,7 @@ class MViTCheckpointer(DetectionCheckpointer):
     Backbone tensors are never silently skipped: shapes that cannot be mapped raise
     :class:`ArchitectureMismatchError`, and missing backbone keys raise
     :class:`MissingBackboneKeysError` unless ``allow_missing_backbone_keys``.
-    Models without an MViT are loaded exactly as by :class:`DetectionCheckpointer`.
+    Models without an MViT or ViL are loaded exactly as by :class:`DetectionCheckpointer`.
     ``save`` writes each checkpoint and the ``last_checkpoint`` tag atomically.
     """
 
@@ -74,29 +78,25 @@ class MViTCheckpointer(DetectionCheckpointer):
         Returns:
             the checkpoint's entries not consumed by loading (e.g. "iteration").
         """
-        if path and find_mvit(self.model) is not None:
+        if path and find_backbone(self.model) is not None:
             # Fetch here so that an unreachable URL gives a clear error.
             path = resolve_local_path(path)
         return super().load(path, *args, **kwargs)
 
     def _load_file(self, filename: str) -> Dict[str, Any]:
-        if find_mvit(self.model) is None:
+        if find_backbone(self.model) is None:
             return super()._load_file(filename)
         ckpt = read_checkpoint(filename)
         self._source = ckpt.describe()
         return {**ckpt.extra, "model": ckpt.state}
 
     def _load_model(self, checkpoint: Dict[str, Any]) -> _IncompatibleKeys:
-        found = find_mvit(self.model)
+        found = find_backbone(self.model)
         if found is None:
             return super()._load_model(checkpoint)
-        prefix, mvit = found
-        checkpoint["model"], report = adapt_state_dict(
-            checkpoint["model"],
-            mvit.state_dict(),
-            prefix,
-            source=self._source,
-            target=f"{type(mvit).__name__} with {mvit.num_layers} blocks",
+        prefix, backbone = found
+        checkpoint["model"], report = adapt_backbone_state_dict(
+            checkpoint["model"], backbone, prefix, source=self._source
         )
         # The weights are mapped by name above; Detectron2's fuzzy matching must not rename them.
         checkpoint.pop("matching_heuristics", None)

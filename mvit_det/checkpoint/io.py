@@ -44,8 +44,9 @@ class CheckpointFile:
         container: "torch" (torch.save zip or legacy), "pickle" (e.g. Detectron2 ``.pkl``) or
             "safetensors".
         kind: "official" (``model_state``, the facebookresearch/mvit ``.pyth``), "detectron2"
-            (weights under ``model``, e.g. a ``model_final_*.pkl`` or a training checkpoint) or
-            "state_dict" (the weights themselves, e.g. a timm file).
+            (weights under ``model``, e.g. a ``model_final_*.pkl`` or a training checkpoint),
+            "vil" (``net``, a ViL classification checkpoint) or "state_dict" (the weights
+            themselves, e.g. a timm file).
         state: the weights as tensors.
         extra: the other top-level entries (optimizer, scheduler, iteration, ``__author__``...).
     """
@@ -62,6 +63,7 @@ class CheckpointFile:
             "official": "official MViT checkpoint, weights under 'model_state'",
             "detectron2": "Detectron2 checkpoint, weights under 'model'",
             "state_dict": "plain state dict",
+            "vil": "ViL classification checkpoint, weights under 'net'",
         }
         return f"{self.path} ({self.container} file, {kinds[self.kind]}, {len(self.state)} tensors)"
 
@@ -227,7 +229,7 @@ def read_checkpoint(path: str) -> CheckpointFile:
         raise NotACheckpointError(
             f"{path!r} is not a checkpoint: it holds a {type(obj).__name__}, not a dict of weights"
         )
-    for kind, key in (("official", "model_state"), ("detectron2", "model")):
+    for kind, key in (("official", "model_state"), ("detectron2", "model"), ("vil", "net")):
         if isinstance(obj.get(key), Mapping):
             extra = {k: v for k, v in obj.items() if k != key}
             return CheckpointFile(path, container, kind, _as_tensors(obj[key], path), extra)
