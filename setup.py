@@ -11,7 +11,12 @@ setup(
     long_description_content_type="text/markdown",
     packages=find_packages(include=["mvit_det", "mvit_det.*"]),
     package_data={
-        "mvit_det.model_zoo": ["configs/*.py", "configs/common/*.py", "configs/demo/*.py"]
+        "mvit_det.model_zoo": [
+            "configs/*.py",
+            "configs/common/*.py",
+            "configs/demo/*.py",
+            "projects/*/configs/*/*.py",
+        ]
     },
     include_package_data=True,
     python_requires=">=3.9",
