@@ -1,20 +1,25 @@
 """
-Speed and memory of mvit_det (and, when importable, Detectron2's own MViT with identical weights).
+Speed and memory of mvit_det (and, when importable, Detectron2's own MViT with identical weights;
+or, with --compare-attn-impls, the attention cores of one model with identical weights).
 
-Measures, for a config, device and dtype:
-  backbone  MViT + FPN forward+backward (or forward only, --backbone-mode forward)
-  train     a full Mask R-CNN training step (forward, backward, AdamW step) on a synthetic batch
-            of real instances (boxes and masks)
-  infer     Mask R-CNN inference latency on one image
+Measures, for a config (MViT or ViL), device and dtype:
+  backbone  backbone + FPN forward+backward (or forward only, --backbone-mode forward)
+  train     a full training step (forward, backward, AdamW step) on a synthetic batch of real
+            instances (boxes and masks)
+  infer     inference latency on one image
 as ms per iteration (median after warm-up; the models' calls take turns, so a drift in machine
-speed affects all alike), images/s and peak memory (CUDA), eager and/or under
-torch.compile (compile time reported), plus parameter counts and FLOPs (fvcore, with a count for
-the fused attention op). Prints a table and writes JSON.
+speed affects all alike), images/s and peak memory (CUDA: the allocator's peak; CPU: the peak of
+the bytes that tensors hold during one call, from the profiler's allocation events), eager and/or
+under torch.compile (compile time reported), plus parameter counts and FLOPs (fvcore, with a
+count for the fused attention op). Prints a table and writes JSON.
 
 Examples:
   python tools/benchmark.py --config mask_rcnn_mvitv2_b.py --device cuda --dtype bf16
   python tools/benchmark.py --config mask_rcnn_mvitv2_t.py --device cpu --dtype fp32 \
       --tasks backbone --backbone-mode forward --image-size 512 --batch 1
+  python tools/benchmark.py --config projects/ViL/configs/COCO/mask_rcnn_vil_s_1x.py \
+      --device cpu --dtype fp32 --tasks backbone --image-size 800x1216 --batch 1 \
+      --compare-attn-impls sdpa,eager
 """
 
 from __future__ import annotations
@@ -35,10 +40,11 @@ from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from ..model_zoo import resolve_config_file
-from ..modeling import MViT
+from ..modeling import MViT, ViL
 from ..utils.file_io import atomic_write
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+ATTN_IMPLS = ("auto", "eager", "sdpa", "dense")
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -51,12 +57,24 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         "--backbone-mode", choices=["forward", "forward_backward"], default="forward_backward"
     )
     p.add_argument("--batch", type=int, default=2)
-    p.add_argument("--image-size", type=int, default=1024, help="square side for backbone/train")
+    p.add_argument(
+        "--image-size",
+        type=image_size,
+        default=(1024, 1024),
+        help="N (square) or HxW, for backbone/train",
+    )
     p.add_argument("--infer-size", default="800x1216", help="HxW of the inference image")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--compile", choices=["off", "on", "both"], default="off")
-    p.add_argument("--attn-impl", choices=["auto", "eager", "sdpa"], default="auto")
+    p.add_argument("--attn-impl", choices=ATTN_IMPLS, default="auto")
+    p.add_argument(
+        "--compare-attn-impls",
+        default="",
+        metavar="IMPL,IMPL,...",
+        help="measure one model per attention core (identical weights) instead of ours vs the "
+        f"reference; from {ATTN_IMPLS} (dense: ViL only)",
+    )
     p.add_argument(
         "--reference",
         choices=["auto", "off"],
@@ -71,7 +89,21 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         p.error(f"unknown task(s) {sorted(unknown)}; choose from backbone, train, infer")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         p.error("--device cuda was asked for but CUDA is not available; use --device cpu")
+    unknown = set(filter(None, args.compare_attn_impls.split(","))) - set(ATTN_IMPLS)
+    if unknown:
+        p.error(f"unknown attention core(s) {sorted(unknown)}; choose from {ATTN_IMPLS}")
     return args  # fmt: skip
+
+
+def image_size(text: str) -> Tuple[int, int]:
+    """``N`` or ``HxW`` as (H, W)."""
+    try:
+        sides = [int(v) for v in text.lower().split("x")]
+    except ValueError:
+        sides = []
+    if len(sides) not in (1, 2) or min(sides) < 1:
+        raise argparse.ArgumentTypeError(f"image size {text!r} must be N or HxW (e.g. 800x1216)")
+    return (sides[0], sides[-1])
 
 
 def load_reference_mvit() -> Optional[type]:
@@ -83,12 +115,24 @@ def load_reference_mvit() -> Optional[type]:
 
 
 def build_models(args: argparse.Namespace) -> Dict[str, torch.nn.Module]:
-    """Ours, and the reference with identical weights when available."""
+    """Ours, and the reference with identical weights when available; or, with
+    --compare-attn-impls, one model per attention core, named after it."""
     cfg = LazyConfig.load(resolve_config_file(args.config))
+    impls = [i for i in args.compare_attn_impls.split(",") if i]
+    if impls:
+        if "dense" in impls and cfg.model.backbone.bottom_up._target_ is not ViL:
+            raise ValueError("attention core 'dense' exists for ViL backbones only")
+        models: Dict[str, torch.nn.Module] = {}
+        for impl in impls:
+            cfg.model.backbone.bottom_up.attn_impl = impl
+            torch.manual_seed(0)
+            models[impl] = instantiate(cfg.model).to(args.device)
+        return models
     cfg.model.backbone.bottom_up.attn_impl = args.attn_impl
     torch.manual_seed(0)
     models = {"mvit_det": instantiate(cfg.model).to(args.device)}
-    reference = load_reference_mvit() if args.reference == "auto" else None
+    is_mvit = cfg.model.backbone.bottom_up._target_ is MViT
+    reference = load_reference_mvit() if args.reference == "auto" and is_mvit else None
     if reference is not None:
         ref_cfg = copy.deepcopy(cfg)
         bottom_up = ref_cfg.model.backbone.bottom_up
@@ -106,27 +150,29 @@ def build_models(args: argparse.Namespace) -> Dict[str, torch.nn.Module]:
     return models
 
 
-def synthetic_batch(batch: int, size: int, num_classes: int, device: str) -> List[dict]:
+def synthetic_batch(batch: int, size: Tuple[int, int], num_classes: int, device: str) -> List[dict]:
     """Images with 4 real instances each: boxes, classes and rectangle-free (elliptic) masks."""
     g = torch.Generator().manual_seed(0)
     inputs = []
-    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    h, w = size
+    yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    scale = torch.tensor([h, w], dtype=torch.float32)
     for _ in range(batch):
-        image = torch.randint(0, 256, (3, size, size), generator=g).float()
+        image = torch.randint(0, 256, (3, h, w), generator=g).float()
         masks, boxes = [], []
         for _ in range(4):
-            cy, cx = (torch.rand(2, generator=g) * 0.6 + 0.2) * size
-            ry, rx = (torch.rand(2, generator=g) * 0.15 + 0.05) * size
+            cy, cx = (torch.rand(2, generator=g) * 0.6 + 0.2) * scale
+            ry, rx = (torch.rand(2, generator=g) * 0.15 + 0.05) * scale
             mask = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
             ys, xs = torch.nonzero(mask, as_tuple=True)
             boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
             masks.append(mask)
-        inst = Instances((size, size))
+        inst = Instances((h, w))
         inst.gt_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32))
         inst.gt_classes = torch.randint(0, num_classes, (4,), generator=g)
         inst.gt_masks = BitMasks(torch.stack(masks))
         inputs.append({"image": image.to(device), "instances": inst.to(device),
-                       "height": size, "width": size})  # fmt: skip
+                       "height": h, "width": w})  # fmt: skip
     return inputs
 
 
@@ -160,8 +206,9 @@ def measure(
         args: the command line (device, warmup, iters).
 
     Returns:
-        model name -> median ms per call, images/s, CUDA peak memory of a timed call and the time
-        of the first call (compilation included), or an error for a model whose call failed.
+        model name -> median ms per call, images/s, peak memory (CUDA: of a timed call; CPU: see
+        :func:`cpu_peak_bytes`) and the time of the first call (compilation included), or an
+        error for a model whose call failed.
     """
     cuda = args.device.startswith("cuda")
     rows: Dict[str, Dict[str, Any]] = {}
@@ -184,14 +231,61 @@ def measure(
             times[name].append(timed_call(fn, args.device) * 1000)
             if cuda:
                 peaks[name] = max(peaks[name], torch.cuda.max_memory_allocated())
+    if not cuda:
+        peaks = {name: cpu_peak_bytes(fn) for name, fn in running.items()}
     for name in running:
         ms = statistics.median(times[name])
         rows[name].update(
             ms=round(ms, 2),
             images_per_s=round(workloads[name][1] * 1000 / ms, 2),
-            peak_mem_gib=round(peaks[name] / 2**30, 3) if cuda else None,
+            peak_mem_gib=round(peaks[name] / 2**30, 3),
         )
     return rows
+
+
+def cpu_peak_bytes(fn: Callable[[], Any]) -> int:
+    """
+    Peak of the bytes that tensors allocated during one call hold at the same time (the memory
+    it needs beyond what existed before), from the profiler's allocation and free events in time
+    order. The call runs once more, slowed down by the profiler.
+    """
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
+                                profile_memory=True) as prof:  # fmt: skip
+        fn()
+    held = peak = 0
+    for event in sorted(prof.events(), key=lambda e: e.time_range.start):
+        # allocations inside an op are its own; frees outside any op are "[memory]" events
+        held += event.cpu_memory_usage if event.name == "[memory]" else event.self_cpu_memory_usage
+        peak = max(peak, held)
+    return peak
+
+
+def dense_attention_bytes(model: torch.nn.Module, args: argparse.Namespace) -> int:
+    """Bytes of the largest (local queries x tokens) tensor of a ViL's dense attention core at
+    the benchmark's image size and batch (0 for other backbones)."""
+    bottom_up = model.backbone.bottom_up
+    if not isinstance(bottom_up, ViL):
+        return 0
+    (h, w), stride, largest = args.image_size, 1, 0
+    element = 2 if args.dtype in ("bf16", "fp16") else 4
+    for stage, globals_ in zip(bottom_up.stages(), bottom_up.num_global_tokens):
+        stride *= stage[0].patch_size
+        local = -(-h // stride) * -(-w // stride)
+        heads = stage[1].attn.num_heads
+        largest = max(largest, args.batch * heads * local * (local + globals_) * element)
+    return largest
+
+
+def available_memory_bytes() -> Optional[int]:
+    """MemAvailable of /proc/meminfo, or None where there is none."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 def autocast(args: argparse.Namespace):
@@ -205,7 +299,7 @@ def task_fns(model: torch.nn.Module, args: argparse.Namespace, compiled: bool) -
     backbone = torch.compile(model.backbone) if compiled else model.backbone
     size, batch = args.image_size, args.batch
     fns: Dict[str, Any] = {}
-    x = torch.randn(batch, 3, size, size, device=args.device)
+    x = torch.randn(batch, 3, *size, device=args.device)
 
     def backbone_step() -> None:
         if args.backbone_mode == "forward":
@@ -218,7 +312,7 @@ def task_fns(model: torch.nn.Module, args: argparse.Namespace, compiled: bool) -
 
     fns["backbone"] = (backbone_step, batch)
 
-    num_classes = model.roi_heads.num_classes
+    num_classes = getattr(model, "roi_heads", model).num_classes  # R-CNN or RetinaNet
     batch_inputs = synthetic_batch(batch, size, num_classes, args.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
     scaler = torch.amp.GradScaler(enabled=args.dtype == "fp16" and args.device != "cpu")
@@ -265,7 +359,7 @@ def count_flops(backbone: torch.nn.Module, args: argparse.Namespace) -> Optional
     """GFLOPs (multiply-adds, fvcore convention) of one backbone+FPN forward at the image size."""
     from fvcore.nn import FlopCountAnalysis
 
-    x = torch.randn(1, 3, args.image_size, args.image_size, device=args.device)
+    x = torch.randn(1, 3, *args.image_size, device=args.device)
     backbone.eval()
     analysis = FlopCountAnalysis(backbone, x)
     analysis.set_op_handle("aten::scaled_dot_product_attention", sdpa_flop_jit)
@@ -276,7 +370,7 @@ def count_flops(backbone: torch.nn.Module, args: argparse.Namespace) -> Optional
 
 def max_feature_difference(models: Dict[str, torch.nn.Module], args: argparse.Namespace) -> float:
     """Largest relative difference of the backbone+FPN outputs, ours vs reference, in fp32."""
-    x = torch.randn(1, 3, args.image_size, args.image_size, device=args.device)
+    x = torch.randn(1, 3, *args.image_size, device=args.device)
     with torch.no_grad():
         ours = models["mvit_det"].backbone.eval()(x)
         ref = models["reference"].backbone.eval()(x)
@@ -337,10 +431,26 @@ def run_benchmark(args: argparse.Namespace) -> Dict[str, Any]:
     if "reference" in models:
         report["max_rel_feature_diff_fp32"] = max_feature_difference(models, args)
 
+    # The dense core needs (tokens x tokens) tensors: where a few of them do not fit, running it
+    # would only end in the out-of-memory killer.
+    available = None if args.device.startswith("cuda") else available_memory_bytes()
+    skipped = {}
+    for name, model in models.items():
+        needed = dense_attention_bytes(model, args) if name == "dense" else 0
+        if available is not None and 3 * needed > available:
+            skipped[name] = (
+                f"not run: one (tokens x tokens) tensor of the dense core is "
+                f"{needed / 2**30:.1f} GiB, and {available / 2**30:.1f} GiB are available"
+            )
     for compiled in modes:
-        workloads = {name: task_fns(model, args, compiled) for name, model in models.items()}
+        workloads = {
+            name: task_fns(model, args, compiled)
+            for name, model in models.items()
+            if name not in skipped
+        }
         for task in tasks:
             rows = measure({name: fns[task] for name, fns in workloads.items()}, args)
+            rows.update({name: {"error": reason} for name, reason in skipped.items()})
             for name, row in rows.items():
                 row.update(model=name, task=task, compiled=compiled)
                 report["results"].append(row)
@@ -384,12 +494,13 @@ def format_row(row: Dict[str, Any]) -> str:
 
 
 def format_table(report: Dict[str, Any]) -> str:
+    size = "x".join(str(side) for side in report["image_size"])
     lines = [
         "",
         f"device {report['device']} | torch {report['torch']} | {report['dtype']} | batch "
-        f"{report['batch']} at {report['image_size']}px | backbone {report['backbone_mode']}",
+        f"{report['batch']} at {size}px | backbone {report['backbone_mode']}",
         f"params (M): {report['params_m']}",
-        f"backbone+FPN GFLOPs (multiply-adds) at {report['image_size']}px: "
+        f"backbone+FPN GFLOPs (multiply-adds) at {size}px: "
         f"{report['gflops_backbone_fpn']}",
     ]
     if "max_rel_feature_diff_fp32" in report:
