@@ -165,6 +165,16 @@ def test_fused_core_with_a_frozen_bias_equals_oracle(mode):
     assert relative_error(grad_actual, grad_expected) <= 1e-10
 
 
+@pytest.mark.parametrize("mode", ["chunk", "exact"])
+def test_fused_core_with_widths_padded_for_cuda_kernels(mode, monkeypatch):
+    """On CUDA the extended q/k/v are zero-filled to a multiple of 8 columns; the same code
+    path, forced here, gives the same results."""
+    monkeypatch.setattr("mvit_det.modeling.backbone.vil_attention._width_multiple", lambda x: 8)
+    attn = make_attention(2, 3, mode, True, "sdpa", torch.float64)
+    x = torch.randn(2, 2 + 10 * 13, 12, dtype=torch.float64)
+    check_against_oracle(attn, x, (10, 13), 1e-10)
+
+
 def test_chunk_and_exact_modes_differ():
     """The published models attend chunk neighbourhoods (3w x 3w, shared by a chunk), not the
     (2w + 1)^2 window of each token: with the same weights the two modes give different

@@ -43,6 +43,12 @@ def resolve_vil_attn_impl(attn_impl: str) -> str:
     return "sdpa" if attn_impl == "auto" else attn_impl
 
 
+def _width_multiple(x: torch.Tensor) -> int:
+    """The feature widths the fused attention kernels of ``x``'s device need a multiple of (8 on
+    CUDA; any width on the CPU)."""
+    return 8 if x.is_cuda else 1
+
+
 def _large_negative(dtype: torch.dtype) -> float:
     """A finite logit that softmax turns into an exact 0 next to any real logit of ``dtype``
     (finite, so that no 0 * inf appears in a backward pass)."""
@@ -337,20 +343,26 @@ class LongformerAttention(nn.Module):
         w2 = w * w
         dtype = q_map.dtype
         fold_bias = torch.is_grad_enabled() and bias.requires_grad
-        # Queries: [scale * q, 1, one-hot of the position in the chunk if the bias is folded].
-        q_extra = torch.ones(w2, 1 + w2 * fold_bias, dtype=dtype, device=q_map.device)
+        folded = w2 if fold_bias else 0
+        fill = -(d + 1 + folded) % _width_multiple(q_map)  # zero columns
+        # Queries: [scale * q, 1, one-hot of the position in the chunk if folded, 0...].
+        q_extra = torch.zeros(w2, 1 + folded + fill, dtype=dtype, device=q_map.device)
+        q_extra[:, 0] = 1
         if fold_bias:
-            q_extra[:, 1:] = torch.eye(w2, dtype=dtype, device=q_map.device)
+            q_extra[:, 1 : 1 + w2] = torch.eye(w2, dtype=dtype, device=q_map.device)
         q_c = _query_chunks(q_map, w, q_extra)  # (B, nh, rows, cols, w^2, width)
-        # Keys: [k, padding penalty, bias towards each position in the chunk if folded].
+        # Keys: [k, padding penalty, bias towards each position in the chunk if folded, 0...].
         penalty = torch.zeros(padding.shape, dtype=dtype, device=padding.device)
         penalty = penalty.masked_fill(padding, _large_negative(dtype))
-        bias_cols = None
+        extra = None
         if fold_bias:
-            bias_cols = bias.transpose(1, 2)  # (nh, S, w^2)
+            extra = bias.transpose(1, 2)  # (nh, S, w^2)
             if self.window_outside is not None:
-                bias_cols = bias_cols.clamp_min(_large_negative(dtype))  # finite for the kernel
-        k_c = _key_regions(k_map, k_glob, w, d + 1, penalty, bias_cols)
+                extra = extra.clamp_min(_large_negative(dtype))  # finite for the kernel
+            extra = F.pad(extra, (0, fill))
+        elif fill:
+            extra = bias.new_zeros(nh, bias.shape[-1], fill)
+        k_c = _key_regions(k_map, k_glob, w, d + 1, penalty, extra)
         width = k_c.shape[-1]  # (B, nh, rows, cols, S, width)
         v_c = _key_regions(v_map, v_glob, w, width)
         rows, cols = k_c.shape[2:4]
