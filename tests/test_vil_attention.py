@@ -211,9 +211,11 @@ def test_bias_index_and_window_follow_the_offsets():
     assert ((~outside).sum(dim=1) == (2 * w + 1) ** 2).all()
 
 
-def test_auto_picks_the_fused_core():
-    assert resolve_vil_attn_impl("auto") == "sdpa"
-    assert resolve_vil_attn_impl("eager") == "eager"
+def test_auto_picks_the_fused_core_except_for_bias_gradients_on_the_cpu():
+    assert resolve_vil_attn_impl("auto", bias_needs_grad=False, on_cpu=True) == "sdpa"
+    assert resolve_vil_attn_impl("auto", bias_needs_grad=True, on_cpu=False) == "sdpa"
+    assert resolve_vil_attn_impl("auto", bias_needs_grad=True, on_cpu=True) == "eager"
+    assert resolve_vil_attn_impl("sdpa", bias_needs_grad=True, on_cpu=True) == "sdpa"
 
 
 class LargestTensor(TorchDispatchMode):

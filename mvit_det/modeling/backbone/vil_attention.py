@@ -27,7 +27,7 @@ WINDOW_MODES = ("chunk", "exact")
 VIL_ATTN_IMPLS = ("auto", "eager", "sdpa", "dense")
 
 
-def resolve_vil_attn_impl(attn_impl: str) -> str:
+def resolve_vil_attn_impl(attn_impl: str, bias_needs_grad: bool, on_cpu: bool) -> str:
     """
     Chooses the attention core of :class:`LongformerAttention`.
 
@@ -36,11 +36,18 @@ def resolve_vil_attn_impl(attn_impl: str) -> str:
             ``scaled_dot_product_attention`` call over gathered neighbourhoods; no score tensor
             is built), "dense" (local queries against all tokens with an N x N mask: O(N^2),
             for small maps and comparisons), or "auto".
+        bias_needs_grad: whether the relative-position bias gets a gradient in this call
+            (training with learned tables).
+        on_cpu: whether the tensors are on the CPU.
 
     Returns:
-        "eager", "sdpa" or "dense"; "auto" picks "sdpa".
+        "eager", "sdpa" or "dense". "auto" picks "sdpa", except for a backward through the bias
+        tables on the CPU: there the fused core must fold the bias into wider q/k/v, and the
+        explicit core is measured faster and leaner (projects/ViL/README.md).
     """
-    return "sdpa" if attn_impl == "auto" else attn_impl
+    if attn_impl != "auto":
+        return attn_impl
+    return "eager" if bias_needs_grad and on_cpu else "sdpa"
 
 
 def _width_multiple(x: torch.Tensor) -> int:
@@ -209,7 +216,10 @@ class LongformerAttention(nn.Module):
         q_local = self.query(x[:, G:])  # (B, HW, C)
         kv = self.kv(x)  # (B, N, 2C)
         k, v = kv[..., :C], kv[..., C:]
-        impl = resolve_vil_attn_impl(self.attn_impl)
+        table = self.local_relative_position_bias_table
+        impl = resolve_vil_attn_impl(
+            self.attn_impl, torch.is_grad_enabled() and table.requires_grad, not x.is_cuda
+        )
         if impl == "dense":
             out_local = self._local_dense(q_local, k, v, hw)
         else:
