@@ -27,12 +27,13 @@ def test_attention_cores_side_by_side(tmp_path):
     report = run(
         tmp_path,
         "--tasks", "backbone,infer", "--image-size", "64x96", "--infer-size", "64x96",
-        "--compare-attn-impls", "sdpa,eager,dense",
+        "--compare-attn-impls", "sdpa,eager,dense", "--profile",
     )  # fmt: skip
     rows = {(r["model"], r["task"]): r for r in report["results"]}
     assert set(rows) == {(m, t) for m in ("sdpa", "eager", "dense") for t in ("backbone", "infer")}
     for row in rows.values():
         assert row["ms"] > 0 and row["peak_mem_gib"] > 0
+        assert 0 < sum(share for _, share, _ in row["top_ops"]) <= 100.0
     assert report["image_size"] == (64, 96)
     assert json.loads((tmp_path / "b.json").read_text())["results"]
     assert report["params_m"]["sdpa"] == report["params_m"]["dense"]  # the same model

@@ -82,6 +82,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         help="also measure Detectron2's MViT with the same weights when importable",
     )
     p.add_argument("--no-flops", action="store_true", help="skip the fvcore FLOP count")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="where the time goes: the operators with the most self time in one profiled call "
+        "per model and task (CPU), printed and written to the JSON",
+    )
     p.add_argument("--output", default="output/benchmark.json")
     args = p.parse_args(argv)
     unknown = set(args.tasks.split(",")) - {"backbone", "train", "infer"}
@@ -207,8 +213,8 @@ def measure(
 
     Returns:
         model name -> median ms per call, images/s, peak memory (CUDA: of a timed call; CPU: see
-        :func:`cpu_peak_bytes`) and the time of the first call (compilation included), or an
-        error for a model whose call failed.
+        :func:`profile_cpu_call`), the time of the first call (compilation included) and with
+        ``--profile`` the top operators (CPU), or an error for a model whose call failed.
     """
     cuda = args.device.startswith("cuda")
     rows: Dict[str, Dict[str, Any]] = {}
@@ -232,7 +238,10 @@ def measure(
             if cuda:
                 peaks[name] = max(peaks[name], torch.cuda.max_memory_allocated())
     if not cuda:
-        peaks = {name: cpu_peak_bytes(fn) for name, fn in running.items()}
+        for name, fn in running.items():
+            peaks[name], top_ops = profile_cpu_call(fn)
+            if args.profile:
+                rows[name]["top_ops"] = top_ops
     for name in running:
         ms = statistics.median(times[name])
         rows[name].update(
@@ -243,11 +252,15 @@ def measure(
     return rows
 
 
-def cpu_peak_bytes(fn: Callable[[], Any]) -> int:
+def profile_cpu_call(fn: Callable[[], Any], num_ops: int = 12) -> Tuple[int, List[list]]:
     """
-    Peak of the bytes that tensors allocated during one call hold at the same time (the memory
-    it needs beyond what existed before), from the profiler's allocation and free events in time
-    order. The call runs once more, slowed down by the profiler.
+    Runs one more call under the profiler (slowed down by it).
+
+    Returns:
+        the peak of the bytes that tensors allocated during the call hold at the same time (the
+        memory it needs beyond what existed before; from the allocation and free events in time
+        order), and the ``num_ops`` operators with the most self CPU time as
+        [name, % of the call, calls].
     """
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
                                 profile_memory=True) as prof:  # fmt: skip
@@ -257,7 +270,10 @@ def cpu_peak_bytes(fn: Callable[[], Any]) -> int:
         # allocations inside an op are its own; frees outside any op are "[memory]" events
         held += event.cpu_memory_usage if event.name == "[memory]" else event.self_cpu_memory_usage
         peak = max(peak, held)
-    return peak
+    ops = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in ops) or 1.0
+    top = [[e.key, round(100 * e.self_cpu_time_total / total, 1), e.count] for e in ops]
+    return peak, top[:num_ops]
 
 
 def dense_attention_bytes(model: torch.nn.Module, args: argparse.Namespace) -> int:
@@ -519,6 +535,10 @@ def format_table(report: Dict[str, Any]) -> str:
         lines.append(f"max relative feature difference vs reference (fp32): "
                      f"{report['max_rel_feature_diff_fp32']:.2e}")  # fmt: skip
     lines += [format_row(r) for r in report["results"]]
+    for r in report["results"]:
+        if "top_ops" in r:
+            ops = ", ".join(f"{name} {share}%" for name, share, _ in r["top_ops"])
+            lines.append(f"where the time goes, {r['model']} {r['task']}: {ops}")
     for r in report.get("ours_vs_reference", []):
         mem = f", memory x{r['memory_ratio']}" if "memory_ratio" in r else ""
         mode = "compiled" if r["compiled"] else "eager"
