@@ -17,6 +17,7 @@ setup(
             "configs/demo/*.py",
             "configs/yacs/*.yaml",
             "configs/yacs/demo/*.yaml",
+            "projects/*/configs/*/*.py",
         ]
     },
     include_package_data=True,

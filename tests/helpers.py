@@ -16,6 +16,15 @@ TINY_SIZES = {"train": 8, "val": 4}
 # A 5-block MViT with all four stages, windows, global blocks and stage transitions.
 TINY_MVIT = dict(embed_dim=16, depth=5, num_heads=1, last_block_indexes=(0, 2, 3, 4))
 
+# A 5-pair ViL with 0, 1 and 2 global tokens, several heads and windows that do not tile the maps.
+TINY_VIL = dict(
+    embed_dims=(16, 24, 32, 48),
+    depths=(1, 1, 2, 1),
+    num_heads=(1, 2, 2, 3),
+    num_global_tokens=(1, 2, 1, 0),
+    window=3,
+)
+
 
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     """Largest absolute difference relative to the largest magnitude of ``expected``."""
@@ -52,3 +61,18 @@ def forward_backward(
     sum((f.float() * w).sum() for f, w in zip(out.values(), weights)).backward()
     module = getattr(model, "_orig_mod", model)  # a torch.compile wrapper's parameters
     return out, {n: p.grad.clone() for n, p in module.named_parameters()}
+
+
+def normwise_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """||actual - expected|| / ||expected||, in fp64."""
+    return ((actual.double() - expected.double()).norm() / expected.double().norm()).item()
+
+
+def gradient_errors(actual: dict, expected: dict) -> dict:
+    """Norm-wise relative error of each parameter's gradient. Parameters whose true gradient
+    vanishes (RMS below a thousandth of the largest parameter's RMS: e.g. a key-norm bias
+    shifts every logit of a query equally) are left out: their low-precision gradient is
+    rounding noise, and comparing noise with noise depends on the CPU's kernels."""
+    rms = {n: g.double().pow(2).mean().sqrt().item() for n, g in expected.items()}
+    floor = 1e-3 * max(rms.values())
+    return {n: normwise_error(actual[n], g) for n, g in expected.items() if rms[n] > floor}

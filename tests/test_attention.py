@@ -9,7 +9,14 @@ from mvit_det import MViT
 from mvit_det.modeling.backbone.attention import MultiScaleAttention, resolve_attn_impl
 from mvit_det.modeling.backbone.utils import window_bands, window_partition, window_unpartition
 
-from helpers import TINY_MVIT, assert_grads_close, forward_backward, relative_error
+from helpers import (
+    TINY_MVIT,
+    assert_grads_close,
+    forward_backward,
+    gradient_errors,
+    normwise_error,
+    relative_error,
+)
 
 pytestmark = pytest.mark.numerics
 
@@ -113,21 +120,6 @@ def test_fused_equals_eager_without_rel_pos_and_residual_pooling():
     for name in out_e:
         assert relative_error(out_s[name], out_e[name]) <= 1e-5
     assert not any("rel_pos" in name for name, _ in sdpa.named_parameters())
-
-
-def normwise_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    """||actual - expected|| / ||expected||, in fp64."""
-    return ((actual.double() - expected.double()).norm() / expected.double().norm()).item()
-
-
-def gradient_errors(actual: dict, expected: dict) -> dict:
-    """Norm-wise relative error of each parameter's gradient. Parameters whose true gradient
-    vanishes (RMS below a thousandth of the largest parameter's RMS: e.g. a key-norm bias
-    shifts every logit of a query equally) are left out: their low-precision gradient is
-    rounding noise, and comparing noise with noise depends on the CPU's kernels."""
-    rms = {n: g.double().pow(2).mean().sqrt().item() for n, g in expected.items()}
-    floor = 1e-3 * max(rms.values())
-    return {n: normwise_error(actual[n], g) for n, g in expected.items() if rms[n] > floor}
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

@@ -58,6 +58,6 @@ def test_backbone_flops_of_fused_and_explicit_cores_agree():
         )
         backbone = build_mvit_fpn(bottom_up, out_channels=32)
         flops[attn_impl] = benchmark.count_flops(
-            backbone, SimpleNamespace(image_size=96, device="cpu")
+            backbone, SimpleNamespace(image_size=(96, 96), device="cpu")
         )
     assert flops["sdpa"] == flops["eager"] > 0

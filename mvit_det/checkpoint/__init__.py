@@ -1,5 +1,7 @@
-"""Loading and converting MViT weights: official ImageNet, timm and Detectron2 checkpoints."""
+"""Loading and converting MViT weights (official ImageNet, timm and Detectron2 checkpoints) and
+ViL weights (published classification and detection checkpoints)."""
 
+from .backbones import adapt_backbone_state_dict, find_backbone
 from .checkpointer import MViTCheckpointer, plain_data
 from .errors import (
     ArchitectureMismatchError,
@@ -22,6 +24,7 @@ from .io import (
     save_checkpoint,
 )
 from .mapping import LoadReport, adapt_state_dict, describe_backbone, find_mvit, timm_to_flat
+from .vil import adapt_vil_state_dict, convert_bias_table, describe_vil, find_vil
 
 __all__ = [
     "DOWNLOAD_TIMEOUT_S",
@@ -37,9 +40,15 @@ __all__ = [
     "NotACheckpointError",
     "TruncatedCheckpointError",
     "UnsafeCheckpointError",
+    "adapt_backbone_state_dict",
     "adapt_state_dict",
+    "adapt_vil_state_dict",
+    "convert_bias_table",
     "describe_backbone",
+    "describe_vil",
+    "find_backbone",
     "find_mvit",
+    "find_vil",
     "load_object",
     "nonfinite_tensors",
     "plain_data",

@@ -1,4 +1,5 @@
-"""A Detectron2 checkpointer that loads official, timm and Detectron2 MViT weights safely."""
+"""A Detectron2 checkpointer that loads official, timm and Detectron2 MViT weights and published ViL
+weights, safely."""
 
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ from .errors import (
     NotACheckpointError,
 )
 from .io import load_object, nonfinite_tensors, read_checkpoint, resolve_local_path
-from .mapping import LoadReport, adapt_state_dict, find_mvit
+from .backbones import adapt_backbone_state_dict, find_backbone
+from .mapping import LoadReport
 
 __all__ = ["MViTCheckpointer", "plain_data"]
 
@@ -56,7 +58,7 @@ def plain_data(obj: Any) -> Any:
 
 class MViTCheckpointer(DetectionCheckpointer):
     """
-    :class:`DetectionCheckpointer` for models with an MViT backbone.
+    :class:`DetectionCheckpointer` for models with an MViT (or a ViL) backbone.
 
     ``load`` (hence ``train.init_checkpoint`` and ``resume_or_load``) accepts, as local paths or
     URLs (``detectron2://...``, ``https://...``, optionally ending in ``#sha256=<hex>``):
@@ -64,7 +66,9 @@ class MViTCheckpointer(DetectionCheckpointer):
     - official ImageNet checkpoints (``.pyth``, weights under ``model_state``),
     - timm ``mvitv2_*`` weights (``.pth``, ``.bin``, ``.safetensors``),
     - Detectron2 checkpoints (``model_final_*.pkl`` or ``.pth``, weights under ``model``),
-    - plain state dicts of the backbone or of the whole detector, or under ``state_dict``.
+    - plain state dicts of the backbone or of the whole detector, or under ``state_dict``,
+    - for ViL: the published classification (``{"net": ...}``) and detection checkpoints (see
+      :mod:`mvit_det.checkpoint.vil`).
 
     Files are read without running code from them (see :func:`~mvit_det.checkpoint.io.
     read_checkpoint`); ``trust=True`` unpickles arbitrary objects. Backbone weights are renamed to
@@ -73,7 +77,7 @@ class MViTCheckpointer(DetectionCheckpointer):
     keys is logged (also kept as ``last_report``). Backbone tensors are never silently skipped:
     shapes that cannot be mapped raise :class:`ArchitectureMismatchError`, and missing backbone
     keys raise :class:`MissingBackboneKeysError` unless ``allow_missing_backbone_keys``. Models
-    without an MViT get Detectron2's key matching, with the same safe reading.
+    without an MViT or ViL get Detectron2's key matching, with the same safe reading.
 
     ``save`` writes each checkpoint (as plain data, readable with ``weights_only=True``) and the
     ``last_checkpoint`` tag atomically, and refuses to write weights holding NaN or Inf
@@ -132,7 +136,7 @@ class MViTCheckpointer(DetectionCheckpointer):
             self._parsed_url_during_load = None  # Detectron2 leaves it set when loading fails
 
     def _load_file(self, filename: str) -> Dict[str, Any]:
-        if find_mvit(self.model) is None:
+        if find_backbone(self.model) is None:
             return self._load_detectron2_file(filename)
         ckpt = read_checkpoint(filename, trust=self.trust)
         self._source = ckpt.describe()
@@ -166,16 +170,12 @@ class MViTCheckpointer(DetectionCheckpointer):
         return data if "model" in data else {"model": data}
 
     def _load_model(self, checkpoint: Dict[str, Any]) -> _IncompatibleKeys:
-        found = find_mvit(self.model)
+        found = find_backbone(self.model)
         if found is None:
             return self._refuse_other_shapes(super()._load_model(checkpoint))
-        prefix, mvit = found
-        checkpoint["model"], report = adapt_state_dict(
-            checkpoint["model"],
-            mvit.state_dict(),
-            prefix,
-            source=self._source,
-            target=f"{type(mvit).__name__} with {mvit.num_layers} blocks",
+        prefix, backbone = found
+        checkpoint["model"], report = adapt_backbone_state_dict(
+            checkpoint["model"], backbone, prefix, source=self._source
         )
         # The weights are mapped by name above; Detectron2's fuzzy matching must not rename them.
         checkpoint.pop("matching_heuristics", None)

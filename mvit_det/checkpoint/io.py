@@ -154,8 +154,9 @@ class CheckpointFile:
             "safetensors".
         kind: "official" (``model_state``, the facebookresearch/mvit ``.pyth``), "detectron2"
             (weights under ``model``, e.g. a ``model_final_*.pkl`` or a training checkpoint),
-            "wrapped" (weights under ``state_dict``, as many training loops save them) or
-            "state_dict" (the weights themselves, e.g. a timm file).
+            "wrapped" (weights under ``state_dict``, as many training loops save them), "vil"
+            (``net``, a ViL classification checkpoint) or "state_dict" (the weights themselves,
+            e.g. a timm file).
         state: the weights as tensors.
         extra: the other top-level entries (optimizer, scheduler, iteration, ``__author__``...).
     """
@@ -173,6 +174,7 @@ class CheckpointFile:
             "detectron2": "Detectron2 checkpoint, weights under 'model'",
             "wrapped": "weights under 'state_dict'",
             "state_dict": "plain state dict",
+            "vil": "ViL classification checkpoint, weights under 'net'",
         }
         return f"{self.path} ({self.container} file, {kinds[self.kind]}, {len(self.state)} tensors)"
 
@@ -546,6 +548,7 @@ def _weights_of(obj: Any, path: str, container: str) -> CheckpointFile:
         ("official", "model_state"),
         ("detectron2", "model"),
         ("wrapped", "state_dict"),
+        ("vil", "net"),
     ):
         if isinstance(obj.get(key), Mapping):
             extra = {k: v for k, v in obj.items() if k != key}

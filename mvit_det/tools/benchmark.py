@@ -1,20 +1,25 @@
 """
-Speed and memory of mvit_det (and, when importable, Detectron2's own MViT with identical weights).
+Speed and memory of mvit_det (and, when importable, Detectron2's own MViT with identical weights;
+or, with --compare-attn-impls, the attention cores of one model with identical weights).
 
-Measures, for a config, device and dtype:
-  backbone  MViT + FPN forward+backward (or forward only, --backbone-mode forward)
-  train     a full Mask R-CNN training step (forward, backward, AdamW step) on a synthetic batch
-            of real instances (boxes and masks)
-  infer     Mask R-CNN inference latency on one image
+Measures, for a config (MViT or ViL), device and dtype:
+  backbone  backbone + FPN forward+backward (or forward only, --backbone-mode forward)
+  train     a full training step (forward, backward, AdamW step) on a synthetic batch of real
+            instances (boxes and masks)
+  infer     inference latency on one image
 as ms per iteration (median after warm-up; the models' calls take turns, so a drift in machine
-speed affects all alike), images/s and peak memory (CUDA), eager and/or under
-torch.compile (compile time reported), plus parameter counts and FLOPs (fvcore, with a count for
-the fused attention op). Prints a table and writes JSON.
+speed affects all alike), images/s and peak memory (CUDA: the allocator's peak; CPU: the peak of
+the bytes that tensors hold during one call, from the profiler's allocation events), eager and/or
+under torch.compile (compile time reported), plus parameter counts and FLOPs (fvcore, with a
+count for the fused attention op). Prints a table and writes JSON.
 
 Examples:
   python tools/benchmark.py --config mask_rcnn_mvitv2_b.py --device cuda --dtype bf16
   python tools/benchmark.py --config mask_rcnn_mvitv2_t.py --device cpu --dtype fp32 \
       --tasks backbone --backbone-mode forward --image-size 512 --batch 1
+  python tools/benchmark.py --config projects/ViL/configs/COCO/mask_rcnn_vil_s_1x.py \
+      --device cpu --dtype fp32 --tasks backbone --image-size 800x1216 --batch 1 \
+      --compare-attn-impls sdpa,eager
 """
 
 from __future__ import annotations
@@ -35,10 +40,11 @@ from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from ..model_zoo import resolve_config_file
-from ..modeling import MViT
+from ..modeling import MViT, ViL
 from ..utils.file_io import atomic_write
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+ATTN_IMPLS = ("auto", "eager", "sdpa", "dense")
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -51,12 +57,24 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         "--backbone-mode", choices=["forward", "forward_backward"], default="forward_backward"
     )
     p.add_argument("--batch", type=int, default=2)
-    p.add_argument("--image-size", type=int, default=1024, help="square side for backbone/train")
+    p.add_argument(
+        "--image-size",
+        type=image_size,
+        default=(1024, 1024),
+        help="N (square) or HxW, for backbone/train",
+    )
     p.add_argument("--infer-size", default="800x1216", help="HxW of the inference image")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--compile", choices=["off", "on", "both"], default="off")
-    p.add_argument("--attn-impl", choices=["auto", "eager", "sdpa"], default="auto")
+    p.add_argument("--attn-impl", choices=ATTN_IMPLS, default="auto")
+    p.add_argument(
+        "--compare-attn-impls",
+        default="",
+        metavar="IMPL,IMPL,...",
+        help="measure one model per attention core (identical weights) instead of ours vs the "
+        f"reference; from {ATTN_IMPLS} (dense: ViL only)",
+    )
     p.add_argument(
         "--reference",
         choices=["auto", "off"],
@@ -64,6 +82,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         help="also measure Detectron2's MViT with the same weights when importable",
     )
     p.add_argument("--no-flops", action="store_true", help="skip the fvcore FLOP count")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="where the time goes: the operators with the most self time in one profiled call "
+        "per model and task (CPU), printed and written to the JSON",
+    )
     p.add_argument("--output", default="output/benchmark.json")
     args = p.parse_args(argv)
     unknown = set(args.tasks.split(",")) - {"backbone", "train", "infer"}
@@ -89,7 +113,21 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         )
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         p.error("--device cuda was asked for but CUDA is not available; use --device cpu")
+    unknown = set(filter(None, args.compare_attn_impls.split(","))) - set(ATTN_IMPLS)
+    if unknown:
+        p.error(f"unknown attention core(s) {sorted(unknown)}; choose from {ATTN_IMPLS}")
     return args  # fmt: skip
+
+
+def image_size(text: str) -> Tuple[int, int]:
+    """``N`` or ``HxW`` as (H, W)."""
+    try:
+        sides = [int(v) for v in text.lower().split("x")]
+    except ValueError:
+        sides = []
+    if len(sides) not in (1, 2) or min(sides) < 1:
+        raise argparse.ArgumentTypeError(f"image size {text!r} must be N or HxW (e.g. 800x1216)")
+    return (sides[0], sides[-1])
 
 
 def load_reference_mvit() -> Optional[type]:
@@ -101,12 +139,24 @@ def load_reference_mvit() -> Optional[type]:
 
 
 def build_models(args: argparse.Namespace) -> Dict[str, torch.nn.Module]:
-    """Ours, and the reference with identical weights when available."""
+    """Ours, and the reference with identical weights when available; or, with
+    --compare-attn-impls, one model per attention core, named after it."""
     cfg = LazyConfig.load(resolve_config_file(args.config))
+    impls = [i for i in args.compare_attn_impls.split(",") if i]
+    if impls:
+        if "dense" in impls and cfg.model.backbone.bottom_up._target_ is not ViL:
+            raise ValueError("attention core 'dense' exists for ViL backbones only")
+        models: Dict[str, torch.nn.Module] = {}
+        for impl in impls:
+            cfg.model.backbone.bottom_up.attn_impl = impl
+            torch.manual_seed(0)
+            models[impl] = instantiate(cfg.model).to(args.device)
+        return models
     cfg.model.backbone.bottom_up.attn_impl = args.attn_impl
     torch.manual_seed(0)
     models = {"mvit_det": instantiate(cfg.model).to(args.device)}
-    reference = load_reference_mvit() if args.reference == "auto" else None
+    is_mvit = cfg.model.backbone.bottom_up._target_ is MViT
+    reference = load_reference_mvit() if args.reference == "auto" and is_mvit else None
     if reference is not None:
         ref_cfg = copy.deepcopy(cfg)
         bottom_up = ref_cfg.model.backbone.bottom_up
@@ -124,27 +174,29 @@ def build_models(args: argparse.Namespace) -> Dict[str, torch.nn.Module]:
     return models
 
 
-def synthetic_batch(batch: int, size: int, num_classes: int, device: str) -> List[dict]:
+def synthetic_batch(batch: int, size: Tuple[int, int], num_classes: int, device: str) -> List[dict]:
     """Images with 4 real instances each: boxes, classes and rectangle-free (elliptic) masks."""
     g = torch.Generator().manual_seed(0)
     inputs = []
-    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    h, w = size
+    yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    scale = torch.tensor([h, w], dtype=torch.float32)
     for _ in range(batch):
-        image = torch.randint(0, 256, (3, size, size), generator=g).float()
+        image = torch.randint(0, 256, (3, h, w), generator=g).float()
         masks, boxes = [], []
         for _ in range(4):
-            cy, cx = (torch.rand(2, generator=g) * 0.6 + 0.2) * size
-            ry, rx = (torch.rand(2, generator=g) * 0.15 + 0.05) * size
+            cy, cx = (torch.rand(2, generator=g) * 0.6 + 0.2) * scale
+            ry, rx = (torch.rand(2, generator=g) * 0.15 + 0.05) * scale
             mask = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
             ys, xs = torch.nonzero(mask, as_tuple=True)
             boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
             masks.append(mask)
-        inst = Instances((size, size))
+        inst = Instances((h, w))
         inst.gt_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32))
         inst.gt_classes = torch.randint(0, num_classes, (4,), generator=g)
         inst.gt_masks = BitMasks(torch.stack(masks))
         inputs.append({"image": image.to(device), "instances": inst.to(device),
-                       "height": size, "width": size})  # fmt: skip
+                       "height": h, "width": w})  # fmt: skip
     return inputs
 
 
@@ -178,8 +230,9 @@ def measure(
         args: the command line (device, warmup, iters).
 
     Returns:
-        model name -> median ms per call, images/s, CUDA peak memory of a timed call and the time
-        of the first call (compilation included), or an error for a model whose call failed.
+        model name -> median ms per call, images/s, peak memory (CUDA: of a timed call; CPU: see
+        :func:`profile_cpu_call`), the time of the first call (compilation included) and with
+        ``--profile`` the top operators (CPU), or an error for a model whose call failed.
     """
     cuda = args.device.startswith("cuda")
     rows: Dict[str, Dict[str, Any]] = {}
@@ -202,14 +255,93 @@ def measure(
             times[name].append(timed_call(fn, args.device) * 1000)
             if cuda:
                 peaks[name] = max(peaks[name], torch.cuda.max_memory_allocated())
+    if not cuda:
+        for name, fn in running.items():
+            peaks[name], top_ops = profile_cpu_call(fn)
+            if args.profile:
+                rows[name]["top_ops"] = top_ops
     for name in running:
         ms = statistics.median(times[name])
         rows[name].update(
             ms=round(ms, 2),
             images_per_s=round(workloads[name][1] * 1000 / ms, 2),
-            peak_mem_gib=round(peaks[name] / 2**30, 3) if cuda else None,
+            peak_mem_gib=round(peaks[name] / 2**30, 3),
         )
     return rows
+
+
+def profile_cpu_call(fn: Callable[[], Any], num_ops: int = 12) -> Tuple[int, List[list]]:
+    """
+    Runs one more call under the profiler (slowed down by it).
+
+    Returns:
+        the peak of the bytes that tensors allocated during the call hold at the same time (the
+        memory it needs beyond what existed before; from the allocation and free events in time
+        order), and the ``num_ops`` operators with the most self CPU time as
+        [name, % of the call, calls].
+    """
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
+                                profile_memory=True) as prof:  # fmt: skip
+        fn()
+    held = peak = 0
+    for event in sorted(prof.events(), key=lambda e: e.time_range.start):
+        # allocations inside an op are its own; frees outside any op are "[memory]" events
+        held += event.cpu_memory_usage if event.name == "[memory]" else event.self_cpu_memory_usage
+        peak = max(peak, held)
+    ops = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in ops) or 1.0
+    top = [[e.key, round(100 * e.self_cpu_time_total / total, 1), e.count] for e in ops]
+    return peak, top[:num_ops]
+
+
+def dense_attention_bytes(model: torch.nn.Module, args: argparse.Namespace) -> int:
+    """Bytes of the largest (local queries x tokens) tensor of a ViL's dense attention core at
+    the benchmark's image size and batch (0 for other backbones)."""
+    bottom_up = model.backbone.bottom_up
+    if not isinstance(bottom_up, ViL):
+        return 0
+    (h, w), stride, largest = args.image_size, 1, 0
+    element = 2 if args.dtype in ("bf16", "fp16") else 4
+    for stage, globals_ in zip(bottom_up.stages(), bottom_up.num_global_tokens):
+        stride *= stage[0].patch_size
+        local = -(-h // stride) * -(-w // stride)
+        heads = stage[1].attn.num_heads
+        largest = max(largest, args.batch * heads * local * (local + globals_) * element)
+    return largest
+
+
+def dense_cores_that_cannot_fit(
+    models: Dict[str, torch.nn.Module], args: argparse.Namespace
+) -> Dict[str, str]:
+    """
+    The models with the dense attention core whose (tokens x tokens) tensors cannot fit into the
+    CPU memory available (a few of them live at once: 3 in a forward pass, 6 with a backward),
+    with the reason; running them would only end in the out-of-memory killer.
+    """
+    available = None if args.device.startswith("cuda") else available_memory_bytes()
+    tasks = args.tasks.split(",")
+    backward = "train" in tasks or ("backbone" in tasks and args.backbone_mode != "forward")
+    skipped = {}
+    for name, model in models.items():
+        needed = dense_attention_bytes(model, args) if name == "dense" else 0
+        if available is not None and (6 if backward else 3) * needed > available:
+            skipped[name] = (
+                f"not run: one (tokens x tokens) tensor of the dense core is "
+                f"{needed / 2**30:.1f} GiB, and {available / 2**30:.1f} GiB are available"
+            )
+    return skipped
+
+
+def available_memory_bytes() -> Optional[int]:
+    """MemAvailable of /proc/meminfo, or None where there is none."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 def autocast(args: argparse.Namespace):
@@ -223,7 +355,7 @@ def task_fns(model: torch.nn.Module, args: argparse.Namespace, compiled: bool) -
     backbone = torch.compile(model.backbone) if compiled else model.backbone
     size, batch = args.image_size, args.batch
     fns: Dict[str, Any] = {}
-    x = torch.randn(batch, 3, size, size, device=args.device)
+    x = torch.randn(batch, 3, *size, device=args.device)
 
     def backbone_step() -> None:
         if args.backbone_mode == "forward":
@@ -236,7 +368,7 @@ def task_fns(model: torch.nn.Module, args: argparse.Namespace, compiled: bool) -
 
     fns["backbone"] = (backbone_step, batch)
 
-    num_classes = model.roi_heads.num_classes
+    num_classes = getattr(model, "roi_heads", model).num_classes  # R-CNN or RetinaNet
     batch_inputs = synthetic_batch(batch, size, num_classes, args.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
     scaler = torch.amp.GradScaler(enabled=args.dtype == "fp16" and args.device != "cpu")
@@ -270,7 +402,7 @@ def count_flops(backbone: torch.nn.Module, args: argparse.Namespace) -> Optional
     """GFLOPs (multiply-adds, fvcore convention) of one backbone+FPN forward at the image size."""
     from fvcore.nn import FlopCountAnalysis
 
-    x = torch.randn(1, 3, args.image_size, args.image_size, device=args.device)
+    x = torch.randn(1, 3, *args.image_size, device=args.device)
     backbone.eval()
     analysis = FlopCountAnalysis(backbone, x)  # counts the fused attention: see mvit_det.analysis
     analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
@@ -280,7 +412,7 @@ def count_flops(backbone: torch.nn.Module, args: argparse.Namespace) -> Optional
 
 def max_feature_difference(models: Dict[str, torch.nn.Module], args: argparse.Namespace) -> float:
     """Largest relative difference of the backbone+FPN outputs, ours vs reference, in fp32."""
-    x = torch.randn(1, 3, args.image_size, args.image_size, device=args.device)
+    x = torch.randn(1, 3, *args.image_size, device=args.device)
     with torch.no_grad():
         ours = models["mvit_det"].backbone.eval()(x)
         ref = models["reference"].backbone.eval()(x)
@@ -331,27 +463,34 @@ def run_benchmark(args: argparse.Namespace) -> Dict[str, Any]:
         "gflops_backbone_fpn": {},
         "results": [],
     }
+    skipped = dense_cores_that_cannot_fit(models, args)
     for name, model in models.items():
         report["params_m"][name] = round(sum(p.numel() for p in model.parameters()) / 1e6, 2)
         report["params_m"][f"{name}.backbone"] = round(
             sum(p.numel() for p in model.backbone.parameters()) / 1e6, 2
         )
-        if not args.no_flops:
+        if not args.no_flops and name not in skipped:
             report["gflops_backbone_fpn"][name] = count_flops(model.backbone, args)
     if "reference" in models:
         report["max_rel_feature_diff_fp32"] = max_feature_difference(models, args)
 
     for compiled in modes:
-        workloads = {name: task_fns(model, args, compiled) for name, model in models.items()}
+        workloads = {
+            name: task_fns(model, args, compiled)
+            for name, model in models.items()
+            if name not in skipped
+        }
         for task in tasks:
             rows = measure({name: fns[task] for name, fns in workloads.items()}, args)
+            rows.update({name: {"error": reason} for name, reason in skipped.items()})
             for name, row in rows.items():
                 row.update(model=name, task=task, compiled=compiled)
                 report["results"].append(row)
                 print(format_row(row), flush=True)
         if compiled:
-            for model in models.values():
-                model.backbone = model.backbone._orig_mod  # back to eager
+            for name, model in models.items():
+                if name not in skipped:
+                    model.backbone = model.backbone._orig_mod  # back to eager
 
     add_ratios(report)
     print(format_table(report))
@@ -388,18 +527,22 @@ def format_row(row: Dict[str, Any]) -> str:
 
 
 def format_table(report: Dict[str, Any]) -> str:
+    size = "x".join(str(side) for side in report["image_size"])
     lines = [
         "",
         f"device {report['device']} | torch {report['torch']} | {report['dtype']} | batch "
-        f"{report['batch']} at {report['image_size']}px | backbone {report['backbone_mode']}",
+        f"{report['batch']} at {size}px | backbone {report['backbone_mode']}",
         f"params (M): {report['params_m']}",
-        f"backbone+FPN GFLOPs (multiply-adds) at {report['image_size']}px: "
-        f"{report['gflops_backbone_fpn']}",
+        f"backbone+FPN GFLOPs (multiply-adds) at {size}px: " f"{report['gflops_backbone_fpn']}",
     ]
     if "max_rel_feature_diff_fp32" in report:
         lines.append(f"max relative feature difference vs reference (fp32): "
                      f"{report['max_rel_feature_diff_fp32']:.2e}")  # fmt: skip
     lines += [format_row(r) for r in report["results"]]
+    for r in report["results"]:
+        if "top_ops" in r:
+            ops = ", ".join(f"{name} {share}%" for name, share, _ in r["top_ops"])
+            lines.append(f"where the time goes, {r['model']} {r['task']}: {ops}")
     for r in report.get("ours_vs_reference", []):
         mem = f", memory x{r['memory_ratio']}" if "memory_ratio" in r else ""
         mode = "compiled" if r["compiled"] else "eager"

@@ -1,12 +1,15 @@
 """
-Converts MViT weights (official .pyth, timm, Detectron2 .pkl/.pth, plain state dicts) into a
-Detectron2-ready checkpoint for an mvit_det model, and prints a report of the keys.
+Converts MViT weights (official .pyth, timm, Detectron2 .pkl/.pth, plain state dicts) and ViL
+weights (published classification and detection checkpoints) into a Detectron2-ready checkpoint
+for an mvit_det model, and prints a report of the keys.
 
 Examples:
     python tools/convert_checkpoint.py MViTv2_T_in1k.pyth mvitv2_t_in1k.pkl --model T
     python tools/convert_checkpoint.py model.safetensors mvitv2_b.pkl --model B
     python tools/convert_checkpoint.py detectron2://ImageNetPretrained/mvitv2/MViTv2_B_in21k.pyth \\
         mvitv2_b_in21k.pkl --model configs/cascade_mask_rcnn_mvitv2_b.py
+    python tools/convert_checkpoint.py small1281_relative/model_best.pth vil_s_in1k.pth \
+        --model vil_s [--bias-table bilinear]
 
 Files are read without running code from them: a file that pickles Python objects besides
 weights is refused unless --trust-checkpoint is given. A URL may end in #sha256=<hex> (or pass
@@ -27,36 +30,42 @@ from typing import List, Optional, Tuple
 import torch.nn as nn
 from detectron2.config import LazyConfig, instantiate
 
-from ..checkpoint import CheckpointError, adapt_state_dict, find_mvit, nonfinite_tensors
-from ..checkpoint import read_checkpoint, save_checkpoint
+from ..checkpoint import CheckpointError, adapt_backbone_state_dict, find_backbone
+from ..checkpoint import nonfinite_tensors, read_checkpoint, save_checkpoint
+from ..checkpoint.vil import BIAS_TABLE_CONVERSIONS
 from ..model_zoo import resolve_config_file
-from ..modeling import MVIT_PRESETS, MViT, mvit_preset
+from ..modeling import MVIT_PRESETS, VIL_PRESETS, MViT, ViL, mvit_preset, vil_preset
 
-# Where mvit_det's (and Detectron2's) detectors keep the MViT: FPN(bottom_up=MViT).
+# Where mvit_det's (and Detectron2's) detectors keep the backbone: FPN(bottom_up=MViT or ViL).
 PRESET_PREFIX = "backbone.bottom_up."
+VIL_SIZES = [f"vil_{size.lower()}" for size in VIL_PRESETS]
 
 
-def build_target(model: str) -> Tuple[str, MViT]:
+def build_target(model: str) -> Tuple[str, nn.Module]:
     """
     Builds the backbone whose names and shapes the output must have.
 
     Args:
-        model: a size ("T", "S", "B", "L", "H"), or a LazyConfig file or shipped config name
-            whose ``model`` holds an MViT (e.g. configs/mask_rcnn_mvitv2_t.py).
+        model: an MViTv2 size ("T", "S", "B", "L", "H"), a ViL size ("vil_t", "vil_s", "vil_m",
+            "vil_b", "vil_mw", "vil_bw"), or a LazyConfig file or shipped config name whose
+            ``model`` holds an MViT or a ViL (e.g. configs/mask_rcnn_mvitv2_t.py).
 
     Returns:
-        (name prefix of the MViT in the detector, the MViT).
+        (name prefix of the backbone in the detector, the backbone).
     """
     if model.upper() in MVIT_PRESETS:
         return PRESET_PREFIX, MViT(**mvit_preset(model))
+    if model.lower() in VIL_SIZES:
+        return PRESET_PREFIX, ViL(**vil_preset(model))
     try:
         config_file = resolve_config_file(model)
     except FileNotFoundError as e:
-        raise ValueError(f"--model {model!r} is not a size ({', '.join(MVIT_PRESETS)}); {e}")
+        sizes = ", ".join(list(MVIT_PRESETS) + VIL_SIZES)
+        raise ValueError(f"--model {model!r} is not a size ({sizes}); {e}")
     detector: nn.Module = instantiate(LazyConfig.load(config_file).model)
-    found = find_mvit(detector)
+    found = find_backbone(detector)
     if found is None:
-        raise ValueError(f"the model of config {model!r} has no MViT backbone")
+        raise ValueError(f"the model of config {model!r} has no MViT or ViL backbone")
     return found
 
 
@@ -69,8 +78,16 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument(
         "--model",
         required=True,
-        help=f"target size ({', '.join(MVIT_PRESETS)}), or a LazyConfig file or shipped config "
-        "name of the detector",
+        help=f"target size ({', '.join(list(MVIT_PRESETS) + VIL_SIZES)}), or a LazyConfig file "
+        "or shipped config name of the detector",
+    )
+    parser.add_argument(
+        "--bias-table",
+        choices=BIAS_TABLE_CONVERSIONS,
+        default="centre",
+        help="ViL classification weights: how a full-attention relative-position table of "
+        "another size becomes the model's window table; 'centre' keeps the function exactly, "
+        "'bilinear' resizes the table as the published detection fine-tuning did",
     )
     parser.add_argument("--sha256", help="expected SHA-256 of the input (64 hex digits)")
     parser.add_argument(
@@ -116,14 +133,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     try:
         check_output_path(args.output)
-        prefix, mvit = build_target(args.model)
+        prefix, backbone = build_target(args.model)
         ckpt = read_checkpoint(args.input, trust=args.trust_checkpoint, sha256=args.sha256)
-        state, report = adapt_state_dict(
+        state, report = adapt_backbone_state_dict(
             ckpt.state,
-            mvit.state_dict(),
+            backbone,
             prefix,
             source=ckpt.describe(),
-            target=f"MViT ({args.model}, {mvit.num_layers} blocks)",
+            target=f"{type(backbone).__name__} ({args.model}, {backbone.num_layers} blocks)",
+            vil_bias_table=args.bias_table,
         )
     except (CheckpointError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

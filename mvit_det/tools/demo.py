@@ -1,11 +1,14 @@
-"""The embedded demo: a small MViTv2 Mask R-CNN learns the synthetic shapes dataset on the CPU.
+"""The embedded demo: a small MViTv2 (or ViL) Mask R-CNN learns the synthetic shapes dataset on
+the CPU.
 
 Generates the dataset if absent (``$DETECTRON2_DATASETS/mvit_shapes``), evaluates the freshly
 initialised model on ``shapes_val`` with Detectron2's COCOEvaluator, trains it with
-configs/demo/mask_rcnn_mvitv2_shapes.py (LSJ at 192 px), evaluates it again, prints the bbox and
-segm AP before and after, and writes visualised validation predictions as PNG files.
+configs/demo/mask_rcnn_mvitv2_shapes.py (``--backbone vil``:
+projects/ViL/configs/demo/mask_rcnn_vil_shapes.py; both LSJ at 192 px), evaluates it again,
+prints the bbox and segm AP before and after, and writes visualised validation predictions as PNG
+files.
 
-    python tools/demo.py [--output-dir DIR] [--num-vis N] [key=value ...]
+    python tools/demo.py [--backbone {mvit,vil}] [--output-dir DIR] [--num-vis N] [key=value ...]
 
 Trailing ``key=value`` pairs override the config (e.g. ``train.max_iter=300``).
 """
@@ -31,7 +34,10 @@ from ..engine.train_net import load_config, training_output_dir
 from ..model_zoo import get_config_file
 from ..utils.file_io import atomic_write
 
-DEMO_CONFIG = "demo/mask_rcnn_mvitv2_shapes.py"
+DEMO_CONFIGS = {
+    "mvit": "demo/mask_rcnn_mvitv2_shapes.py",
+    "vil": "projects/ViL/configs/demo/mask_rcnn_vil_shapes.py",
+}
 
 
 def _ap_table(before: Dict[str, Any], after: Dict[str, Any]) -> str:
@@ -87,7 +93,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--output-dir", default="./output/demo_shapes", help="train.output_dir")
+    parser.add_argument(
+        "--backbone", choices=sorted(DEMO_CONFIGS), default="mvit", help="MViTv2 or ViL"
+    )
+    parser.add_argument(
+        "--output-dir",
+        help="train.output_dir (default ./output/demo_shapes, ./output/demo_shapes_vil for ViL)",
+    )
     parser.add_argument("--num-vis", type=int, default=6, help="validation images to draw")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides key=value")
     args = parser.parse_args(argv)
@@ -95,8 +107,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.error(f"--num-vis must be >= 0, got {args.num_vis}")
 
     start = time.perf_counter()
+    output_dir = args.output_dir or (
+        "./output/demo_shapes" if args.backbone == "mvit" else "./output/demo_shapes_vil"
+    )
     train_args = build_argument_parser().parse_args(
-        ["--config-file", get_config_file(DEMO_CONFIG), f"train.output_dir={args.output_dir}"]
+        ["--config-file", get_config_file(DEMO_CONFIGS[args.backbone])]
+        + [f"train.output_dir={output_dir}"]
         + args.opts
     )
     with ExitStack() as stack:

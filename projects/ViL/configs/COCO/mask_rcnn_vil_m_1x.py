@@ -1,0 +1,18 @@
+"""Mask R-CNN, ViL-Medium (deep) (ImageNet-21K init), 1x schedule.
+
+Published COCO val box / mask AP: 47.6 / 43.0.
+"""
+
+from mvit_det import vil_preset
+
+from ..common.mask_rcnn_vil import (
+    dataloader,
+    imagenet_weights,
+    lr_multiplier,
+    model,
+    optimizer,
+    train,
+)
+
+model.backbone.bottom_up.update(vil_preset("M", drop_path_rate=0.2))
+train.init_checkpoint = imagenet_weights("M")
