@@ -23,8 +23,8 @@ from .io import (
     resolve_local_path,
     save_checkpoint,
 )
-from .mapping import LoadReport, adapt_state_dict, describe_backbone, find_mvit, timm_to_flat
-from .vil import adapt_vil_state_dict, convert_bias_table, describe_vil, find_vil
+from .mapping import LoadReport, adapt_state_dict, describe_backbone, timm_to_flat
+from .vil import adapt_vil_state_dict, convert_bias_table, describe_vil
 
 __all__ = [
     "DOWNLOAD_TIMEOUT_S",
@@ -47,8 +47,6 @@ __all__ = [
     "describe_backbone",
     "describe_vil",
     "find_backbone",
-    "find_mvit",
-    "find_vil",
     "load_object",
     "nonfinite_tensors",
     "plain_data",

@@ -2,35 +2,43 @@
 
 from __future__ import annotations
 
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Dict, Mapping, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
 
-from ..modeling.backbone import ViL
-from .mapping import LoadReport, adapt_state_dict, find_mvit
-from .vil import adapt_vil_state_dict, find_vil
+from ..modeling.backbone import MViT, ViL
+from .mapping import LoadReport, adapt_state_dict
+from .vil import adapt_vil_state_dict
 
 __all__ = ["adapt_backbone_state_dict", "find_backbone"]
 
 
-def find_backbone(model: nn.Module) -> Optional[Tuple[str, nn.Module]]:
+def find_backbone(
+    model: nn.Module, backbone_type: Union[type, Tuple[type, ...]] = (MViT, ViL)
+) -> Optional[Tuple[str, nn.Module]]:
     """
     Finds the MViT or ViL backbone inside a model.
 
     Args:
         model: a detector, an FPN or a backbone.
+        backbone_type: the backbone class(es) to look for.
 
     Returns:
-        (prefix of its parameter names, the module), or None when the model has neither.
+        (prefix of its parameter names, e.g. "backbone.bottom_up.", the module), or None when the
+        model has none.
 
     Raises:
         ValueError: the model has more than one such backbone.
     """
-    found = [f for f in (find_mvit(model), find_vil(model)) if f is not None]
+    found = [(name, m) for name, m in model.named_modules() if isinstance(m, backbone_type)]
     if len(found) > 1:
-        raise ValueError("the model has an MViT and a ViL backbone; load each separately")
-    return found[0] if found else None
+        names = ", ".join(f"{name!r} ({type(m).__name__})" for name, m in found)
+        raise ValueError(f"the model has several backbones ({names}); load each separately")
+    if not found:
+        return None
+    name, module = found[0]
+    return (f"{name}." if name else ""), module
 
 
 def adapt_backbone_state_dict(

@@ -9,9 +9,8 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
-import torch.nn as nn
 
-from ..modeling.backbone import MVIT_PRESETS, MViT
+from ..modeling.backbone import MVIT_PRESETS
 from ..modeling.backbone.utils import resize_abs_pos, resize_rel_pos
 from .errors import ArchitectureMismatchError
 
@@ -19,7 +18,6 @@ __all__ = [
     "LoadReport",
     "adapt_state_dict",
     "describe_backbone",
-    "find_mvit",
     "timm_to_flat",
 ]
 
@@ -36,27 +34,6 @@ _SCALE_NORM = re.compile(r"^scale\d+_norm\.")
 _TIMM_BLOCK = re.compile(r"^stages\.(\d+)\.blocks\.(\d+)\.(.*)$")
 _BLOCK = re.compile(r"^blocks\.(\d+)\.")
 _MAX_SHOWN = 8
-
-
-def find_mvit(model: nn.Module) -> Optional[Tuple[str, MViT]]:
-    """
-    Finds the MViT backbone inside a model.
-
-    Args:
-        model: a detector, an FPN or an MViT.
-
-    Returns:
-        (prefix of its parameter names, e.g. "backbone.bottom_up.", the module), or None when the
-        model has no MViT.
-    """
-    found = [(name, m) for name, m in model.named_modules() if isinstance(m, MViT)]
-    if len(found) > 1:
-        names = ", ".join(repr(name) for name, _ in found)
-        raise ValueError(f"the model has several MViT backbones ({names}); load each separately")
-    if not found:
-        return None
-    name, module = found[0]
-    return (f"{name}." if name else ""), module
 
 
 def timm_to_flat(state: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
@@ -288,13 +265,25 @@ def _resize(key: str, value: torch.Tensor, shape: Shape) -> Optional[torch.Tenso
     return None
 
 
-def _source_prefix(keys: Sequence[str]) -> Optional[str]:
-    """The name prefix of the MViT weights in a checkpoint ("" for a bare backbone)."""
-    stem = "patch_embed.proj.weight"
+def source_prefix(keys: Sequence[str], stem: str, backbone: str) -> Optional[str]:
+    """
+    The name prefix of a backbone's weights in a checkpoint.
+
+    Args:
+        keys: the checkpoint's names.
+        stem: the name of the backbone's first weight (e.g. "patch_embed.proj.weight").
+        backbone: what the backbone is called in the error.
+
+    Returns:
+        the prefix ("" for a bare backbone), or None when no name ends with ``stem``.
+
+    Raises:
+        ArchitectureMismatchError: several names end with ``stem`` under different prefixes.
+    """
     prefixes = sorted({k[: -len(stem)] for k in keys if k.endswith(stem)})
     if len(prefixes) > 1:
         raise ArchitectureMismatchError(
-            f"the checkpoint holds several MViT-like backbones under {prefixes}"
+            f"the checkpoint holds several {backbone}-like backbones under {prefixes}"
         )
     return prefixes[0] if prefixes else None
 
@@ -330,7 +319,7 @@ def adapt_state_dict(
             shapes cannot be mapped (e.g. MViTv2-B weights for an MViTv2-T model).
     """
     state = {k[len("module.") :] if k.startswith("module.") else k: v for k, v in state.items()}
-    src_prefix = _source_prefix(list(state))
+    src_prefix = source_prefix(list(state), "patch_embed.proj.weight", "MViT")
     if src_prefix is None:
         examples = ", ".join(list(state)[:5])
         raise ArchitectureMismatchError(

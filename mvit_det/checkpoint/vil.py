@@ -21,20 +21,18 @@ import re
 from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
-from ..modeling.backbone import VIL_PRESETS, ViL
+from ..modeling.backbone import VIL_PRESETS
 from ..modeling.backbone.vil_attention import relative_bias_index
 from .errors import ArchitectureMismatchError
-from .mapping import LoadReport
+from .mapping import LoadReport, source_prefix
 
 __all__ = [
     "BIAS_TABLE_CONVERSIONS",
     "adapt_vil_state_dict",
     "convert_bias_table",
     "describe_vil",
-    "find_vil",
     "full_attention_index",
     "published_window_index",
 ]
@@ -50,26 +48,6 @@ _DROPPED = (
 )
 _APE = re.compile(r"(x_pos_embed|y_pos_embed|cls_pos_embed)$")
 _MAX_SHOWN = 8
-
-
-def find_vil(model: nn.Module) -> Optional[Tuple[str, ViL]]:
-    """
-    Finds the ViL backbone inside a model.
-
-    Args:
-        model: a detector, an FPN or a ViL.
-
-    Returns:
-        (prefix of its parameter names, e.g. "backbone.bottom_up.", the module), or None.
-    """
-    found = [(name, m) for name, m in model.named_modules() if isinstance(m, ViL)]
-    if len(found) > 1:
-        names = ", ".join(repr(name) for name, _ in found)
-        raise ValueError(f"the model has several ViL backbones ({names}); load each separately")
-    if not found:
-        return None
-    name, module = found[0]
-    return (f"{name}." if name else ""), module
 
 
 def published_window_index(window: int) -> torch.Tensor:
@@ -205,15 +183,6 @@ def describe_vil(shapes: Mapping[str, Shape]) -> str:
     return f"{name} ({args}{extra})"
 
 
-def _source_prefix(keys: List[str]) -> Optional[str]:
-    prefixes = sorted({k[: -len(_STEM)] for k in keys if k.endswith(_STEM)})
-    if len(prefixes) > 1:
-        raise ArchitectureMismatchError(
-            f"the checkpoint holds several ViL-like backbones under {prefixes}"
-        )
-    return prefixes[0] if prefixes else None
-
-
 def adapt_vil_state_dict(
     state: Mapping[str, torch.Tensor],
     backbone_state: Mapping[str, torch.Tensor],
@@ -248,7 +217,7 @@ def adapt_vil_state_dict(
             f"bias_table={bias_table!r} is unknown; use one of {BIAS_TABLE_CONVERSIONS}"
         )
     state = {k[len("module.") :] if k.startswith("module.") else k: v for k, v in state.items()}
-    src_prefix = _source_prefix(list(state))
+    src_prefix = source_prefix(list(state), _STEM, "ViL")
     if src_prefix is None:
         examples = ", ".join(list(state)[:5])
         raise ArchitectureMismatchError(

@@ -35,7 +35,8 @@ import torch
 from detectron2.export import TracingAdapter
 from detectron2.modeling import GeneralizedRCNN
 
-from ..checkpoint import find_mvit
+from ..checkpoint import find_backbone
+from ..modeling import MViT
 from ..utils.file_io import atomic_write
 from .loading import LoadedModel, ToolError, add_model_arguments, load_model
 
@@ -254,7 +255,7 @@ def export(
     if what == "model":
         module: torch.nn.Module = detector_adapter(loaded.model, example)
     else:
-        found = find_mvit(loaded.model)
+        found = find_backbone(loaded.model, MViT)
         if what == "mvit" and found is None:
             raise ToolError(f"{loaded.config_file} has no MViT to export")
         backbone = found[1] if what == "mvit" else loaded.model.backbone

@@ -6,13 +6,12 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, Ty
 
 import torch
 import torch.nn as nn
-from detectron2.layers import ShapeSpec
 from detectron2.modeling.backbone import Backbone
 from timm.layers import DropPath, to_2tuple
 from torch.utils.checkpoint import checkpoint
 
 from .attention import ATTN_IMPLS, MultiScaleAttention
-from .utils import check_images, resize_abs_pos
+from .utils import check_images, init_transformer_weights, resize_abs_pos
 
 __all__ = [
     "ATTENTION_MODES",
@@ -545,30 +544,12 @@ class MViT(Backbone):
 
         if self.pos_embed is not None:
             nn.init.trunc_normal_(self.pos_embed, std=0.02)
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            nn.init.trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
+        self.apply(init_transformer_weights)
 
     @property
     def num_layers(self) -> int:
         """Number of blocks (used by layer-wise learning-rate decay)."""
         return len(self.blocks)
-
-    def output_shape(self) -> Dict[str, ShapeSpec]:
-        return {
-            name: ShapeSpec(
-                channels=self._out_feature_channels[name], stride=self._out_feature_strides[name]
-            )
-            for name in self._out_features
-        }
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         """

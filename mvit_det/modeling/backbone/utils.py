@@ -1,12 +1,14 @@
-"""Small shared helpers of the MViT backbone: windows, relative and absolute positions."""
+"""Small shared helpers of the backbones: initialisation, windows, positions, input checks."""
 
 import math
 from typing import List, Optional, Tuple, Union
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 __all__ = [
+    "init_transformer_weights",
     "ceil_div",
     "is_tracing_or_exporting",
     "zero_pad_end",
@@ -19,6 +21,20 @@ __all__ = [
     "resize_rel_pos",
     "check_images",
 ]
+
+
+def init_transformer_weights(m: nn.Module) -> None:
+    """
+    The initialisation of both backbones' transformer layers, for ``module.apply``: linear
+    weights from a truncated normal with std 0.02 and zero biases, LayerNorms as the identity.
+    """
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
 
 
 def ceil_div(a: int, b: int) -> int:

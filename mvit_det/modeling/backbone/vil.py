@@ -8,13 +8,12 @@ from typing import Any, Callable, Dict, List, Sequence, Tuple, Type
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from detectron2.layers import ShapeSpec
 from detectron2.modeling.backbone import Backbone
 from timm.layers import DropPath
 from torch.utils.checkpoint import checkpoint
 
 from .mvit import Mlp
-from .utils import check_images
+from .utils import check_images, init_transformer_weights
 from .vil_attention import VIL_ATTN_IMPLS, WINDOW_MODES, LongformerAttention
 
 __all__ = ["ViL", "ViLAttentionBlock", "ViLMlpBlock", "ViLPatchEmbed", "check_vil_args"]
@@ -345,33 +344,15 @@ class ViL(Backbone):
         self._out_features = list(out_features)
         self._out_feature_channels = {k: self._out_feature_channels[k] for k in out_features}
         self._out_feature_strides = {k: self._out_feature_strides[k] for k in out_features}
-        self.apply(self._init_weights)
+        self.apply(init_transformer_weights)
         for m in self.modules():
             if isinstance(m, ViLPatchEmbed) and m.cls_token is not None:
                 nn.init.trunc_normal_(m.cls_token, std=0.02)
-
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            nn.init.trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
 
     @property
     def num_layers(self) -> int:
         """Number of attention + MLP block pairs."""
         return sum(self.depths)
-
-    def output_shape(self) -> Dict[str, ShapeSpec]:
-        return {
-            name: ShapeSpec(
-                channels=self._out_feature_channels[name], stride=self._out_feature_strides[name]
-            )
-            for name in self._out_features
-        }
 
     def stages(self) -> List[nn.ModuleList]:
         """The four stages, ``layer1``..``layer4``."""
