@@ -7,30 +7,17 @@ iteration with a milder scale jitter (0.8-1.25), trained from scratch on ``shape
 (generated on first use) and evaluated on ``shapes_val``.
 """
 
-from detectron2.layers import ShapeSpec
+from mvit_det.config.shapes_demo import use_shapes_demo_heads
 from mvit_det.data import lsj_test_augmentations, lsj_train_augmentations
 
 from ..common.mask_rcnn_mvitv2 import dataloader, lr_multiplier, model, optimizer, train
 
 IMAGE_SIZE = 192
-CHANNELS = 128
 
 model.backbone.bottom_up.update(
     embed_dim=32, depth=6, num_heads=1, last_block_indexes=(0, 1, 3, 5), drop_path_rate=0.0
 )
-model.backbone.out_channels = CHANNELS
-model.proposal_generator.head.in_channels = CHANNELS
-model.proposal_generator.anchor_generator.sizes = [[16], [32], [64], [128], [256]]
-model.proposal_generator.pre_nms_topk = (1000, 500)
-model.proposal_generator.post_nms_topk = (500, 200)
-model.roi_heads.num_classes = 3
-model.roi_heads.batch_size_per_image = 128
-model.roi_heads.positive_fraction = 0.5
-model.roi_heads.box_head.input_shape = ShapeSpec(channels=CHANNELS, height=7, width=7)
-model.roi_heads.box_head.fc_dims = [256, 256]
-model.roi_heads.box_predictor.input_shape = ShapeSpec(channels=256)
-model.roi_heads.mask_head.input_shape = ShapeSpec(channels=CHANNELS, width=14, height=14)
-model.roi_heads.mask_head.conv_dims = [64, 64, 64]  # two 3x3 convs, then the deconv
+use_shapes_demo_heads(model)
 
 dataloader.train.dataset.names = "shapes_train"
 dataloader.train.mapper.augmentations = lsj_train_augmentations(IMAGE_SIZE, 0.8, 1.25)

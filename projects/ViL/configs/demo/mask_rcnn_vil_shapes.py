@@ -9,30 +9,15 @@ channels, a 2-conv mask head at 64 channels, 128 RoIs per image (half positive),
 evaluated on ``shapes_val``.
 """
 
-from detectron2.layers import ShapeSpec
-
+from mvit_det.config.shapes_demo import use_shapes_demo_heads
 from mvit_det.model_zoo import get_config
 
 from ..common.mask_rcnn_vil import lr_multiplier, model, optimizer, train
 
-CHANNELS = 128
-
 model.backbone.bottom_up.update(
     embed_dims=(32, 48, 64, 96), depths=(1, 1, 2, 1), num_heads=(1, 2, 2, 3), drop_path_rate=0.0
 )
-model.backbone.out_channels = CHANNELS
-model.proposal_generator.head.in_channels = CHANNELS
-model.proposal_generator.anchor_generator.sizes = [[16], [32], [64], [128], [256]]
-model.proposal_generator.pre_nms_topk = (1000, 500)
-model.proposal_generator.post_nms_topk = (500, 200)
-model.roi_heads.num_classes = 3
-model.roi_heads.batch_size_per_image = 128
-model.roi_heads.positive_fraction = 0.5
-model.roi_heads.box_head.input_shape = ShapeSpec(channels=CHANNELS, height=7, width=7)
-model.roi_heads.box_head.fc_dims = [256, 256]
-model.roi_heads.box_predictor.input_shape = ShapeSpec(channels=256)
-model.roi_heads.mask_head.input_shape = ShapeSpec(channels=CHANNELS, width=14, height=14)
-model.roi_heads.mask_head.conv_dims = [64, 64, 64]  # two 3x3 convs, then the deconv
+use_shapes_demo_heads(model)
 
 # shapes_train / shapes_val, LSJ at 192 px, 4 images per iteration
 dataloader = get_config("demo/mask_rcnn_mvitv2_shapes.py").dataloader
