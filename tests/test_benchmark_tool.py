@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from mvit_det.tools import benchmark
@@ -61,3 +62,19 @@ def test_backbone_flops_of_fused_and_explicit_cores_agree():
             backbone, SimpleNamespace(image_size=(96, 96), device="cpu")
         )
     assert flops["sdpa"] == flops["eager"] > 0
+
+
+def test_reference_with_identical_weights(tmp_path):
+    """tools/benchmark.py hands Detectron2's MViT in: built from our config by signature, loaded
+    with our weights, its features equal ours."""
+    reference = pytest.importorskip("detectron2.modeling.backbone.mvit").MViT
+    args = benchmark.parse_args(
+        ["--config", "demo/mask_rcnn_mvitv2_shapes.py", "--device", "cpu", "--dtype", "fp32"]
+        + ["--batch", "1", "--tasks", "backbone", "--image-size", "64", "--iters", "1"]
+        + ["--warmup", "1", "--no-flops", "--output", str(tmp_path / "b.json")]
+    )
+    report = benchmark.run_benchmark(args, reference_mvit=reference)
+    assert {r["model"] for r in report["results"]} == {"mvit_det", "reference"}
+    assert report["params_m"]["mvit_det"] == report["params_m"]["reference"]
+    assert report["max_rel_feature_diff_fp32"] < 1e-4
+    assert [r["task"] for r in report["ours_vs_reference"]] == ["backbone"]

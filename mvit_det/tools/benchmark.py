@@ -100,10 +100,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     ):
         if value < minimum:
             p.error(f"{option} must be >= {minimum}, got {value}")
-    if args.image_size < 32 or args.image_size % 32:
+    if any(side % 32 for side in args.image_size):
         p.error(
             f"--image-size must be a positive multiple of 32 (the backbone's output stride), "
-            f"got {args.image_size}"
+            f"got {'x'.join(map(str, args.image_size))}"
         )
     infer_size = args.infer_size.lower().split("x")
     if len(infer_size) != 2 or not all(v.isdigit() and int(v) > 0 for v in infer_size):
@@ -130,17 +130,12 @@ def image_size(text: str) -> Tuple[int, int]:
     return (sides[0], sides[-1])
 
 
-def load_reference_mvit() -> Optional[type]:
-    try:
-        from detectron2.modeling.backbone.mvit import MViT as ReferenceMViT
-    except ImportError:
-        return None
-    return ReferenceMViT
-
-
-def build_models(args: argparse.Namespace) -> Dict[str, torch.nn.Module]:
-    """Ours, and the reference with identical weights when available; or, with
-    --compare-attn-impls, one model per attention core, named after it."""
+def build_models(
+    args: argparse.Namespace, reference_mvit: Optional[type] = None
+) -> Dict[str, torch.nn.Module]:
+    """Ours, and the reference (``reference_mvit``, an MViT class with Detectron2's signature) with
+    identical weights when given; or, with --compare-attn-impls, one model per attention core,
+    named after it."""
     cfg = LazyConfig.load(resolve_config_file(args.config))
     impls = [i for i in args.compare_attn_impls.split(",") if i]
     if impls:
@@ -156,7 +151,7 @@ def build_models(args: argparse.Namespace) -> Dict[str, torch.nn.Module]:
     torch.manual_seed(0)
     models = {"mvit_det": instantiate(cfg.model).to(args.device)}
     is_mvit = cfg.model.backbone.bottom_up._target_ is MViT
-    reference = load_reference_mvit() if args.reference == "auto" and is_mvit else None
+    reference = reference_mvit if args.reference == "auto" and is_mvit else None
     if reference is not None:
         ref_cfg = copy.deepcopy(cfg)
         bottom_up = ref_cfg.model.backbone.bottom_up
@@ -419,33 +414,38 @@ def max_feature_difference(models: Dict[str, torch.nn.Module], args: argparse.Na
     return max(((ours[k] - ref[k]).abs().max() / ref[k].abs().max()).item() for k in ref)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: Optional[List[str]] = None, reference_mvit: Optional[type] = None) -> int:
     """
     Runs the benchmark of the command line, prints the table and writes the JSON report.
 
     Args:
         argv: command-line arguments (default: ``sys.argv[1:]``).
+        reference_mvit: the MViT class to compare with (tools/benchmark.py passes Detectron2's
+            when that build has one); None measures ours only.
 
     Returns:
         the exit status.
     """
-    run_benchmark(parse_args(argv))
+    run_benchmark(parse_args(argv), reference_mvit)
     return 0
 
 
-def run_benchmark(args: argparse.Namespace) -> Dict[str, Any]:
+def run_benchmark(
+    args: argparse.Namespace, reference_mvit: Optional[type] = None
+) -> Dict[str, Any]:
     """
     Measures every task and compile mode of ``args`` for our model and the reference.
 
     Args:
         args: parsed command line (see :func:`parse_args`).
+        reference_mvit: see :func:`main`.
 
     Returns:
         the report (also written to ``args.output``).
     """
     tasks = args.tasks.split(",")
     modes = {"off": [False], "on": [True], "both": [False, True]}[args.compile]
-    models = build_models(args)
+    models = build_models(args, reference_mvit)
     device_name = (
         torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "cpu"
     )
