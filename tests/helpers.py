@@ -1,4 +1,5 @@
-"""Helpers shared by the tests: tiny model sizes, error measures, gradient comparison."""
+"""Helpers shared by the tests: tiny model sizes, a stand-in detector, error measures, gradient
+comparison."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from typing import Dict, Tuple
 
 import torch
 import torch.nn as nn
+
+from mvit_det import MViT, build_mvit_fpn
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -24,6 +27,14 @@ TINY_VIL = dict(
     num_global_tokens=(1, 2, 1, 0),
     window=3,
 )
+
+
+class Detector(nn.Module):
+    """Stands in for GeneralizedRCNN: the MViT lives at ``backbone.bottom_up``, as in the configs."""
+
+    def __init__(self, **mvit_kwargs: object) -> None:
+        super().__init__()
+        self.backbone = build_mvit_fpn(MViT(**mvit_kwargs))
 
 
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:

@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from detectron2.checkpoint import DetectionCheckpointer
 from safetensors.torch import save_file
 
-from mvit_det import MViT, build_mvit_fpn, mvit_preset
+from helpers import Detector
+from mvit_det import MViT, mvit_preset
 from mvit_det.checkpoint import (
     ArchitectureMismatchError,
     CheckpointNotFoundError,
@@ -122,14 +123,6 @@ def write_pyth(path: Path, state: Dict[str, torch.Tensor]) -> Path:
     }
     torch.save(data, path, _use_new_zipfile_serialization=False)
     return path
-
-
-class Detector(nn.Module):
-    """Stands in for GeneralizedRCNN: the MViT lives at backbone.bottom_up."""
-
-    def __init__(self, **mvit_kwargs: object) -> None:
-        super().__init__()
-        self.backbone = build_mvit_fpn(MViT(**mvit_kwargs))
 
 
 @pytest.fixture(scope="module")

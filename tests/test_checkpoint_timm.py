@@ -13,7 +13,8 @@ import torch.nn as nn
 from safetensors.torch import save_file
 from timm.models.mvitv2 import MultiScaleVit, MultiScaleVitCfg
 
-from mvit_det import MViT, build_mvit_fpn, mvit_preset
+from helpers import Detector
+from mvit_det import MViT, mvit_preset
 from mvit_det.checkpoint import ArchitectureMismatchError, MViTCheckpointer, read_checkpoint
 
 pytestmark = pytest.mark.numerics
@@ -21,12 +22,6 @@ pytestmark = pytest.mark.numerics
 # timm's classification mvitv2: LayerNorm eps 1e-6, no KV-stride doubling in the last blocks.
 TIMM_EQUIVALENT = dict(norm_layer=partial(nn.LayerNorm, eps=1e-6), drop_path_rate=0.0)
 TIMM_EQUIVALENT.update(attention_mode="global", double_kv_stride_in_last_blocks=False)
-
-
-class Detector(nn.Module):
-    def __init__(self, **mvit_kwargs: object) -> None:
-        super().__init__()
-        self.backbone = build_mvit_fpn(MViT(**mvit_kwargs))
 
 
 @pytest.fixture(scope="module")
