@@ -3,7 +3,8 @@
 What works (see docs/tools.md):
 
 - TorchScript tracing (``--format torchscript``), backbone or whole detector (through Detectron2's
-  ``TracingAdapter``): the traced graph serves any input size and batch size.
+  ``TracingAdapter``): for MViT the traced graph serves any input size and batch size, for ViL
+  the export size.
 - TorchScript scripting (``--format torchscript --script --what mvit``) of the MViT alone.
 - ONNX with the legacy exporter (``--format onnx --exporter legacy``), backbone or whole
   detector: a valid graph for the input size it was exported at.

@@ -14,6 +14,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .utils import ceil_div, is_tracing_or_exporting
+
 __all__ = [
     "VIL_ATTN_IMPLS",
     "WINDOW_MODES",
@@ -309,7 +311,8 @@ class LongformerAttention(nn.Module):
             scores = q_c @ k_c.transpose(-2, -1) + bias[:, None, None]
             # (rows, cols, 9w^2) keys of each region in the padding; globals never are.
             outside = padding.unfold(0, 3 * w, w).unfold(1, 3 * w, w).flatten(2)
-            outside = F.pad(outside, (G, 0))[:, :, None]  # (rows, cols, 1, S)
+            globals_inside = outside.new_zeros(*outside.shape[:2], G)
+            outside = torch.cat([globals_inside, outside], -1)[:, :, None]  # (rows, cols, 1, S)
             scores = scores.masked_fill(outside, float("-inf"))
             out = scores.softmax(dim=-1) @ v_c  # (B, nh, rows, cols, w^2, d)
         else:
@@ -462,7 +465,7 @@ class LongformerAttention(nn.Module):
 def _padded_axis(size: int, window: int, device: torch.device) -> torch.Tensor:
     """(chunks * w + 2w,) bool: which positions of an axis, padded by w before and by w plus
     the rest of the last chunk after, are real."""
-    pos = torch.arange(-(-size // window) * window + 2 * window, device=device) - window
+    pos = torch.arange(ceil_div(size, window) * window + 2 * window, device=device) - window
     return (pos >= 0) & (pos < size)
 
 
@@ -480,7 +483,7 @@ def _query_chunks(q_map: torch.Tensor, window: int, extra: Optional[torch.Tensor
     """
     B, nh, H, W, d = q_map.shape
     w = window
-    rows, cols = -(-H // w), -(-W // w)
+    rows, cols = ceil_div(H, w), ceil_div(W, w)
     e = 0 if extra is None else extra.shape[-1]
     padded = F.pad(q_map, (0, e, 0, cols * w - W, 0, rows * w - H))
     # (B, nh, rows, w, cols, w, d + e) -> (B, nh, rows, cols, w, w, d + e)
@@ -583,12 +586,58 @@ def _key_regions(
     """
     B, nh, H, W, d = local.shape
     w = window
-    rows, cols = -(-H // w), -(-W // w)
-    c = width or d + (penalty is not None)
+    rows, cols = ceil_div(H, w), ceil_div(W, w)
+    c = width or d + int(penalty is not None)
     padded = F.pad(local, (0, c - d, w, cols * w - W + w, w, rows * w - H + w))
+    glob = F.pad(glob, (0, c - d))
+    if is_tracing_or_exporting():
+        return _gather_regions_traceable(padded, glob, extra, w, penalty, d)
     if penalty is not None:
         padded[..., d] = penalty
-    return _GatherRegions.apply(padded, F.pad(glob, (0, c - d)), extra, w)
+    return _GatherRegions.apply(padded, glob, extra, w)
+
+
+def _gather_regions_traceable(
+    padded: torch.Tensor,
+    glob: torch.Tensor,
+    extra: Optional[torch.Tensor],
+    window: int,
+    penalty: Optional[torch.Tensor],
+    column: int,
+) -> torch.Tensor:
+    """
+    :class:`_GatherRegions`'s forward (with ``penalty`` written into column ``column`` of
+    ``padded`` first) from slices, stacks and concatenations only, for tracing and export:
+    exporters cannot record a custom autograd function, and the legacy ONNX exporter neither an
+    in-place write nor an ``unfold`` of a tensor of unknown shape.
+    """
+    B, nh, ph, pw, c = padded.shape
+    G, w = glob.shape[2], window
+    rows, cols = ph // w - 2, pw // w - 2
+    if penalty is not None:
+        penalty = penalty.to(padded.dtype).expand(B, nh, ph, pw)[..., None]
+        padded = torch.cat([padded[..., :column], penalty, padded[..., column + 1 :]], -1)
+    # the (i, j) neighbour of every chunk, (B, nh, rows, cols, w, w, c), stacked in the raster
+    # order of the 3w x 3w region: (B, nh, rows, cols, 3, w, 3, w, c)
+    neighbours = [
+        torch.stack(
+            [
+                padded[:, :, i * w : (i + rows) * w, j * w : (j + cols) * w]
+                .reshape(B, nh, rows, w, cols, w, c)
+                .transpose(3, 4)
+                for j in range(3)
+            ],
+            5,
+        )
+        for i in range(3)
+    ]
+    tokens = torch.stack(neighbours, 4).reshape(B, nh, rows, cols, 9 * w * w, c)
+    if G:
+        tokens = torch.cat([glob[:, :, None, None].expand(B, nh, rows, cols, G, c), tokens], 4)
+    if extra is not None:
+        extra = extra[None, :, None, None].expand(B, nh, rows, cols, G + 9 * w * w, -1)
+        tokens = torch.cat([tokens, extra], -1)
+    return tokens
 
 
 def _unchunk(chunks: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:
