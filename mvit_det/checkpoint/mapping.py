@@ -265,27 +265,43 @@ def _resize(key: str, value: torch.Tensor, shape: Shape) -> Optional[torch.Tenso
     return None
 
 
-def source_prefix(keys: Sequence[str], stem: str, backbone: str) -> Optional[str]:
+def split_backbone(
+    state: Mapping[str, torch.Tensor], stem: str, backbone: str, source: str
+) -> Tuple[str, Dict[str, torch.Tensor], Dict[str, torch.Tensor]]:
     """
-    The name prefix of a backbone's weights in a checkpoint.
+    Separates a backbone's weights from the rest of a checkpoint (``module.`` prefixes of
+    DataParallel checkpoints removed first).
 
     Args:
-        keys: the checkpoint's names.
-        stem: the name of the backbone's first weight (e.g. "patch_embed.proj.weight").
-        backbone: what the backbone is called in the error.
+        state: checkpoint weights.
+        stem: the name of the backbone's first weight (e.g. "patch_embed.proj.weight"); what
+            precedes it is the backbone's prefix in the checkpoint.
+        backbone: what the backbone is called in errors ("MViT", "ViL").
+        source: description of the checkpoint, for errors.
 
     Returns:
-        the prefix ("" for a bare backbone), or None when no name ends with ``stem``.
+        (the backbone's prefix in the checkpoint, "" for a bare backbone; its weights without
+        the prefix; the other weights).
 
     Raises:
-        ArchitectureMismatchError: several names end with ``stem`` under different prefixes.
+        ArchitectureMismatchError: no name ends with ``stem``, or names under different prefixes
+            do.
     """
-    prefixes = sorted({k[: -len(stem)] for k in keys if k.endswith(stem)})
+    state = {k[len("module.") :] if k.startswith("module.") else k: v for k, v in state.items()}
+    prefixes = sorted({k[: -len(stem)] for k in state if k.endswith(stem)})
     if len(prefixes) > 1:
         raise ArchitectureMismatchError(
             f"the checkpoint holds several {backbone}-like backbones under {prefixes}"
         )
-    return prefixes[0] if prefixes else None
+    if not prefixes:
+        examples = ", ".join(list(state)[:5])
+        raise ArchitectureMismatchError(
+            f"{source} holds no {backbone} backbone weights (no '*{stem}'; its keys look like: "
+            f"{examples}). Wrong file, or weights of another architecture"
+        )
+    prefix = prefixes[0]
+    inside = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    return prefix, inside, {k: v for k, v in state.items() if not k.startswith(prefix)}
 
 
 def adapt_state_dict(
@@ -318,16 +334,7 @@ def adapt_state_dict(
         ArchitectureMismatchError: no MViT weights in the checkpoint, or backbone tensors whose
             shapes cannot be mapped (e.g. MViTv2-B weights for an MViTv2-T model).
     """
-    state = {k[len("module.") :] if k.startswith("module.") else k: v for k, v in state.items()}
-    src_prefix = source_prefix(list(state), "patch_embed.proj.weight", "MViT")
-    if src_prefix is None:
-        examples = ", ".join(list(state)[:5])
-        raise ArchitectureMismatchError(
-            f"{source} holds no MViT backbone weights (no '*patch_embed.proj.weight'; its keys "
-            f"look like: {examples}). Wrong file, or weights of another architecture"
-        )
-    backbone = {k[len(src_prefix) :]: v for k, v in state.items() if k.startswith(src_prefix)}
-    out = {k: v for k, v in state.items() if not k.startswith(src_prefix)}
+    src_prefix, backbone, out = split_backbone(state, "patch_embed.proj.weight", "MViT", source)
     layout = "official/Detectron2 (flat)"
     if any(_TIMM_BLOCK.match(k) for k in backbone):
         backbone = timm_to_flat(backbone)

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from ..modeling.backbone import VIL_PRESETS
 from ..modeling.backbone.vil_attention import relative_bias_index
 from .errors import ArchitectureMismatchError
-from .mapping import LoadReport, source_prefix
+from .mapping import LoadReport, split_backbone
 
 __all__ = [
     "BIAS_TABLE_CONVERSIONS",
@@ -216,16 +216,7 @@ def adapt_vil_state_dict(
         raise ValueError(
             f"bias_table={bias_table!r} is unknown; use one of {BIAS_TABLE_CONVERSIONS}"
         )
-    state = {k[len("module.") :] if k.startswith("module.") else k: v for k, v in state.items()}
-    src_prefix = source_prefix(list(state), _STEM, "ViL")
-    if src_prefix is None:
-        examples = ", ".join(list(state)[:5])
-        raise ArchitectureMismatchError(
-            f"{source} holds no ViL backbone weights (no '*{_STEM}'; its keys look like: "
-            f"{examples}). Wrong file, or weights of another architecture"
-        )
-    backbone = {k[len(src_prefix) :]: v for k, v in state.items() if k.startswith(src_prefix)}
-    out = {k: v for k, v in state.items() if not k.startswith(src_prefix)}
+    src_prefix, backbone, out = split_backbone(state, _STEM, "ViL", source)
     full_layers = {
         m.group(1)
         for k in backbone
