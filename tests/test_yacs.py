@@ -1,25 +1,42 @@
-"""The shipped yacs YAMLs with Detectron2's yacs machinery: same models as the LazyConfigs."""
+"""The shipped yacs YAMLs with Detectron2's yacs machinery: same models, same test-time input and
+the same COCO evaluation as the LazyConfigs."""
 
+import json
+import math
 import os
 import warnings
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Sequence, Tuple
 
 import pytest
 import torch
 from detectron2.config import get_cfg, instantiate
-from detectron2.data import DatasetCatalog, detection_utils
+from detectron2.data import DatasetCatalog, MetadataCatalog, detection_utils
+from detectron2.data import transforms as T
 from detectron2.engine import DefaultPredictor, DefaultTrainer
 from detectron2.modeling import build_model
 from detectron2.modeling.roi_heads import FastRCNNOutputLayers
+from PIL import Image
 
 import mvit_det  # noqa: F401  (the one import: MODEL.MVIT keys, backbone builder, datasets)
 from mvit_det import mvit_kwargs_from_cfg
+from mvit_det.data import generate_shapes_dataset, register_coco_dataset
 from mvit_det.engine import apply_overrides_checked
 from mvit_det.model_zoo import get_config
+from mvit_det.tools.evaluate import evaluate_model
+from mvit_det.tools.loading import load_model
 
 from helpers import REPO
 
 YACS = os.path.join(REPO, "configs", "yacs")
 RECIPES = [f"{m}_mvitv2_{s}" for m in ("mask_rcnn", "cascade_mask_rcnn") for s in "tsblh"]
+DEMO = "demo/mask_rcnn_mvitv2_shapes"
+# Every shipped YAML with a LazyConfig twin of the same name, and the test-time resize both must
+# use: (shorter side, longer side at most). The COCO recipes evaluate as the published MViTv2
+# models (800 / 1333), the shapes demo at its LSJ size (192: the longer side becomes 192).
+EXPECTED_TEST_RESIZE = {**{name: (800, 1333) for name in RECIPES}, DEMO: (192, 192)}
+IMAGENET_RGB_MEAN = [123.675, 116.28, 103.53]
+IMAGENET_RGB_STD = [58.395, 57.12, 57.375]
 TINY_LAZY = [
     "model.backbone.bottom_up.embed_dim=16",
     "model.backbone.bottom_up.depth=4",
@@ -129,3 +146,135 @@ def test_detectron2_yacs_trainer_and_predictor(shapes_datasets_root, tmp_path):
     instances = predictor(image_bgr)["instances"]
     assert instances.image_size == image_bgr.shape[:2]
     assert {"pred_boxes", "scores", "pred_classes", "pred_masks"} <= set(instances.get_fields())
+
+
+def _short_edges(resize: T.ResizeShortestEdge) -> set:
+    """Every shorter-side length the resize may pick."""
+    lengths = resize.short_edge_length
+    return set(range(lengths[0], lengths[1] + 1)) if resize.is_range else set(lengths)
+
+
+def _resize_fields(augmentations: Iterable[T.Augmentation]) -> List[tuple]:
+    """(type, possible shorter sides, longest side, interpolation) of each test augmentation."""
+    fields = []
+    for aug in augmentations:
+        assert isinstance(aug, T.ResizeShortestEdge), aug
+        fields.append((type(aug), _short_edges(aug), aug.max_size, aug.interp))
+    return fields
+
+
+def _names(names: Any) -> List[str]:
+    """A config's dataset names (one string or a sequence) as a list."""
+    return [names] if isinstance(names, str) else list(names)
+
+
+@pytest.mark.parametrize("name", RECIPES + [DEMO])
+def test_yaml_test_input_equals_the_lazy_config(name: str) -> None:
+    """Test-time resize, channel order, normalisation and test dataset of each YAML and its twin."""
+    lazy = get_config(name + ".py")
+    cfg = yacs_cfg(name)
+    lazy_resize = _resize_fields(instantiate(a) for a in lazy.dataloader.test.mapper.augmentations)
+    # What Detectron2's DatasetMapper (DefaultTrainer.test, the yacs evaluation) builds from a cfg.
+    yacs_resize = _resize_fields(detection_utils.build_augmentation(cfg, is_train=False))
+    assert yacs_resize == lazy_resize
+    short, longest = EXPECTED_TEST_RESIZE[name]
+    assert lazy_resize == [(T.ResizeShortestEdge, {short}, longest, Image.BILINEAR)]
+
+    assert cfg.INPUT.FORMAT == lazy.dataloader.test.mapper.image_format == "RGB"
+    assert lazy.model.input_format == "RGB"
+    assert list(cfg.MODEL.PIXEL_MEAN) == list(lazy.model.pixel_mean) == IMAGENET_RGB_MEAN
+    assert list(cfg.MODEL.PIXEL_STD) == list(lazy.model.pixel_std) == IMAGENET_RGB_STD
+    assert list(cfg.DATASETS.TEST) == _names(lazy.dataloader.test.dataset.names)
+
+
+FEW_DETECTIONS_LAZY = [
+    "model.proposal_generator.post_nms_topk=[100,100]",
+    "model.roi_heads.box_predictor.test_topk_per_image=10",
+]
+FEW_DETECTIONS_YACS = ["MODEL.RPN.POST_NMS_TOPK_TEST", "100", "TEST.DETECTIONS_PER_IMAGE", "10"]
+
+
+@pytest.fixture(scope="module")
+def one_shapes_image(tmp_path_factory: pytest.TempPathFactory) -> Iterable[str]:
+    """The first image of the generated shapes val split, registered alone as a COCO dataset."""
+    root = str(tmp_path_factory.mktemp("one_shapes_image"))
+    generate_shapes_dataset(root, {"val": 1})
+    name = "yacs_test_shapes_val_1"
+    register_coco_dataset(
+        name, os.path.join(root, "annotations", "instances_val.json"), os.path.join(root, "val")
+    )
+    yield name
+    DatasetCatalog.remove(name)
+    MetadataCatalog.remove(name)
+
+
+def _coco_evaluation(
+    config: str, weights: str, opts: Sequence[str], dataset: str, output_dir: Path
+) -> Tuple[Dict[str, Any], List[Dict[str, Any]]]:
+    """
+    What tools/evaluate.py does for one ``--model CONFIG WEIGHTS OPTS``, keeping the records.
+
+    Args:
+        config: a LazyConfig or yacs config file.
+        weights: the checkpoint.
+        opts: config overrides.
+        dataset: a registered dataset.
+        output_dir: where COCOEvaluator writes ``coco_instances_results.json``.
+
+    Returns:
+        COCOEvaluator's metrics and the detections in COCO result format.
+    """
+    loaded = load_model(config, weights, "cpu", opts)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = evaluate_model(loaded, dataset, str(output_dir), warmup=0)
+    records = json.loads((output_dir / "coco_instances_results.json").read_text())
+    return result["metrics"], records
+
+
+@pytest.mark.parametrize(
+    "name, lazy_opts, yacs_opts, dataset",
+    [
+        (DEMO, [], [], "shapes_val"),
+        # 3 classes for the shapes categories; one image (the COCO test size costs seconds).
+        ("mask_rcnn_mvitv2_t", ["model.roi_heads.num_classes=3"],
+         ["MODEL.ROI_HEADS.NUM_CLASSES", "3"], "one_shapes_image"),
+    ],
+)  # fmt: skip
+def test_yaml_coco_evaluation_equals_the_lazy_config(
+    name: str,
+    lazy_opts: List[str],
+    yacs_opts: List[str],
+    dataset: str,
+    shapes_datasets_root: str,
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+) -> None:
+    """Same weights, each config's own test resize (no INPUT / augmentation overrides): the same
+    detections on every image and the same COCO AP."""
+    if dataset == "one_shapes_image":
+        dataset = request.getfixturevalue("one_shapes_image")
+    # Fewer proposals and detections per image (pasting 100 masks per image is most of the time).
+    lazy_opts = TINY_LAZY + FEW_DETECTIONS_LAZY + lazy_opts
+    yacs_opts = TINY_YACS + FEW_DETECTIONS_YACS + yacs_opts
+    cfg = get_config(name + ".py")
+    apply_overrides_checked(cfg, lazy_opts)
+    torch.manual_seed(0)
+    weights = str(tmp_path / "fresh.pth")
+    torch.save({"model": instantiate(cfg.model).state_dict()}, weights)
+
+    lazy_dir, yacs_dir = tmp_path / "lazy", tmp_path / "yacs"
+    lazy_metrics, lazy_records = _coco_evaluation(
+        os.path.join(REPO, "configs", name + ".py"), weights, lazy_opts, dataset, lazy_dir
+    )
+    yacs_metrics, yacs_records = _coco_evaluation(
+        os.path.join(YACS, name + ".yaml"), weights, yacs_opts, dataset, yacs_dir
+    )
+    image_ids = {d["image_id"] for d in DatasetCatalog.get(dataset)}
+    assert {r["image_id"] for r in lazy_records} == image_ids  # detections on every image
+    assert yacs_records == lazy_records  # boxes, scores, classes, masks
+    for task in ("bbox", "segm"):
+        lazy_ap, yacs_ap = lazy_metrics[task], yacs_metrics[task]
+        assert set(yacs_ap) == set(lazy_ap) and "AP" in lazy_ap
+        for key, value in lazy_ap.items():
+            assert yacs_ap[key] == value or math.isnan(yacs_ap[key]) and math.isnan(value), key
