@@ -285,14 +285,19 @@ def split_backbone(
 
     Raises:
         ArchitectureMismatchError: no name ends with ``stem``, or names under different prefixes
-            do.
+            do (``module.x`` and ``x`` included).
     """
-    state = {k[len("module.") :] if k.startswith("module.") else k: v for k, v in state.items()}
+    # Before "module." is removed, so that "module.x" and "x" count as two backbones.
     prefixes = sorted({k[: -len(stem)] for k in state if k.endswith(stem)})
     if len(prefixes) > 1:
+        shown = ", ".join(repr(p) if p else "'' (no prefix)" for p in prefixes)
         raise ArchitectureMismatchError(
-            f"the checkpoint holds several {backbone}-like backbones under {prefixes}"
+            f"{source} holds several {backbone} backbones, under the prefixes {shown}, and it "
+            "is not clear which one to load: save the weights under one prefix in a file of "
+            "their own and load that"
         )
+    state = {k[len("module.") :] if k.startswith("module.") else k: v for k, v in state.items()}
+    prefixes = [p[len("module.") :] if p.startswith("module.") else p for p in prefixes]
     if not prefixes:
         examples = ", ".join(list(state)[:5])
         raise ArchitectureMismatchError(
