@@ -33,7 +33,7 @@ from mvit_det.checkpoint import (
     UnsafeCheckpointError,
     read_checkpoint,
 )
-from mvit_det.checkpoint import io as checkpoint_io
+from mvit_det.checkpoint import download as checkpoint_download
 from mvit_det.engine.train_net import run_cli
 from mvit_det.tools import convert_checkpoint as convert_tool
 
@@ -262,7 +262,7 @@ def test_download_is_verified_cached_and_healed(
     assert cached.read_bytes() == data
 
     # detectron2:// URLs are fetched from Detectron2's host into the same cache layout.
-    monkeypatch.setattr(checkpoint_io, "_DETECTRON2_HOST", f"{base}/d2/")
+    monkeypatch.setattr(checkpoint_download, "_DETECTRON2_HOST", f"{base}/d2/")
     state["files"]["/d2/ImageNetPretrained/x.pth"] = data
     assert read_checkpoint("detectron2://ImageNetPretrained/x.pth").kind == "official"
     assert (tmp_path / "cache" / "d2" / "ImageNetPretrained" / "x.pth").exists()
