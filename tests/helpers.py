@@ -87,3 +87,26 @@ def gradient_errors(actual: dict, expected: dict) -> dict:
     rms = {n: g.double().pow(2).mean().sqrt().item() for n, g in expected.items()}
     floor = 1e-3 * max(rms.values())
     return {n: normwise_error(actual[n], g) for n, g in expected.items() if rms[n] > floor}
+
+
+def assert_each_gradient_as_accurate(
+    errors: Dict[str, float], baseline: Dict[str, float], factor: float, floor: float
+) -> None:
+    """
+    Per-parameter accuracy against a baseline: each parameter's gradient error (from
+    :func:`gradient_errors`) is at most ``factor`` times the baseline's error for the same
+    parameter, or ``floor`` (a few roundings of the low-precision dtype, relative to that
+    parameter's own gradient norm), whichever is larger.
+
+    Args:
+        errors: name -> norm-wise relative gradient error of the method under test.
+        baseline: name -> the same for the baseline method (the same parameters).
+        factor: allowed ratio of the two errors.
+        floor: error always allowed (the baseline may be accurate by chance).
+    """
+    assert errors.keys() == baseline.keys()
+    for name, err in errors.items():
+        bound = max(factor * baseline[name], floor)
+        assert (
+            err <= bound
+        ), f"{name}: gradient error {err:.3g} > {bound:.3g} (baseline {baseline[name]:.3g})"

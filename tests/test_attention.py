@@ -11,6 +11,7 @@ from mvit_det.modeling.backbone.utils import window_bands, window_partition, win
 
 from helpers import (
     TINY_MVIT,
+    assert_each_gradient_as_accurate,
     assert_grads_close,
     forward_backward,
     gradient_errors,
@@ -122,13 +123,32 @@ def test_fused_equals_eager_without_rel_pos_and_residual_pooling():
     assert not any("rel_pos" in name for name, _ in sdpa.named_parameters())
 
 
+def smooth_skip_pooling(*models: MViT) -> None:
+    """Replaces the max pooling of the skip paths by average pooling (same window)."""
+    for model in models:
+        for block in model.blocks:
+            if block.pool_skip is not None:
+                block.pool_skip = torch.nn.AvgPool2d(3, 2, 1)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_fused_is_as_accurate_as_eager_under_autocast(dtype):
     """Under autocast both cores round. Measured against the fp32 result, the fused core must be
-    about as accurate as the explicit one: per output, over all gradients together, and for
-    every single parameter's gradient (no parameter worse than the explicit core's worst). The
-    margins (1.5x) hold under every CPU capability and thread count; a broken fused path (e.g.
-    relative positions rounded away) is many times worse."""
+    about as accurate as the explicit one: per output and over all gradients together (1.5x),
+    and for every parameter's gradient against the explicit core's error for that same
+    parameter (3x, or one eps of the dtype relative to that parameter's gradient norm).
+
+    The per-parameter comparison uses average instead of max pooling on the skip paths. When
+    rounding reorders near-equal inputs of a max pool, that position's whole gradient goes to
+    another input: an error of the max pool, not of the cores, which in fp16 is five times the
+    cores' rounding error (median gradient error ~1e-2 against ~2e-3) and varies with the input
+    and the CPU's kernels. With average pooling, over 8 inputs, bf16 and fp16, both CPU
+    capabilities and 1 or 2 threads, the largest fused/explicit ratio above the floor was 2.4
+    and the explicit errors 0.4-14 eps. A fused core that drops a relative-position term fails
+    (error 1 for its table), as does one that rounds its rel_h terms to float8 e4m3 under fp16
+    (11x the explicit error of rel_pos_h). Under bf16 only float8 e5m2 reaches the bound
+    (3.2x): one extra rounding at most 16x coarser than the dtype stays within the explicit
+    core's own accumulated error."""
     eager, sdpa = pair()
     x = torch.randn(2, 3, 96, 128)
     out_ref, grad_ref = forward_backward(eager, x)
@@ -145,11 +165,21 @@ def test_fused_is_as_accurate_as_eager_under_autocast(dtype):
     assert normwise_error(flat(grad_s), flat(grad_ref)) <= 1.5 * normwise_error(
         flat(grad_e), flat(grad_ref)
     )
+
+    smooth_skip_pooling(eager, sdpa)
+    _, grad_ref = forward_backward(eager, x)
+    with torch.autocast("cpu", dtype=dtype):
+        _, grad_e = forward_backward(eager, x)
+        _, grad_s = forward_backward(sdpa, x)
     fused, explicit = gradient_errors(grad_s, grad_ref), gradient_errors(grad_e, grad_ref)
-    worst_explicit = max(explicit.values())
-    assert worst_explicit < 0.5  # the comparison itself is meaningful
-    for name, err in fused.items():
-        assert err <= 1.5 * worst_explicit, (name, err, worst_explicit)
+    # Every relative-position table takes part. Block 0's falls below the RMS cut of
+    # gradient_errors (this image uses few of its 111 entries), but its gradient is no rounding
+    # noise: both cores get it within 2-3 eps.
+    for name in [n for n in grad_ref if "rel_pos" in n]:
+        fused[name] = normwise_error(grad_s[name], grad_ref[name])
+        explicit[name] = normwise_error(grad_e[name], grad_ref[name])
+    assert max(explicit.values()) < 40 * torch.finfo(dtype).eps  # the explicit core is sound
+    assert_each_gradient_as_accurate(fused, explicit, 3.0, torch.finfo(dtype).eps)
 
 
 def test_fused_core_builds_no_query_by_key_tensor(monkeypatch):

@@ -129,6 +129,21 @@ def test_window_covering_the_whole_map_equals_global_attention():
         assert relative_error(small(x)["scale2"], c["scale2"]) > 1e-3
 
 
+@pytest.mark.parametrize("size, rate", [("B", 0.4), ("H", 0.6)])
+def test_drop_path_rises_linearly_over_all_blocks(size, rate):
+    """Each block's stochastic depth module has rate ``i * rate / (depth - 1)``: 0 for the first
+    block (no module), ``rate`` for the last, in equal steps."""
+    with torch.device("meta"):
+        model = MViT(**mvit_preset(size, drop_path_rate=rate))
+    depth = MVIT_PRESETS[size]["depth"]
+    assert len(model.blocks) == depth
+    assert isinstance(model.blocks[0].drop_path, nn.Identity)
+    rates = [0.0] + [block.drop_path.drop_prob for block in model.blocks[1:]]
+    assert rates == pytest.approx([i * rate / (depth - 1) for i in range(depth)], abs=1e-12)
+    steps = [b - a for a, b in zip(rates, rates[1:])]
+    assert max(steps) - min(steps) < 1e-12  # equal steps, whatever the rate
+
+
 def test_explicit_global_block_indexes():
     model = tiny_mvit(global_block_indexes=(0, 4))
     assert [s.window == 0 for s in model.block_specs] == [True, False, False, False, True]

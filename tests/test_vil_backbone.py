@@ -21,6 +21,7 @@ from mvit_det.modeling.backbone.vil import ViLPatchEmbed
 
 from helpers import (
     TINY_VIL,
+    assert_each_gradient_as_accurate,
     assert_grads_close,
     forward_backward,
     gradient_errors,
@@ -178,8 +179,11 @@ def test_cores_agree_on_the_whole_backbone(attn_impl, window_mode):
 @pytest.mark.numerics
 def test_bf16_autocast_is_close_to_fp32():
     """Under bf16 autocast both cores round; measured against the fp32 result, the fused core is
-    about as accurate as the explicit one (outputs and every non-vanishing gradient), and both
-    stay at bf16's accuracy."""
+    about as accurate as the explicit one (outputs, and each non-vanishing parameter gradient
+    against the explicit core's error for that same parameter: 3x, or one bf16 eps relative to
+    the parameter's gradient norm), and both stay at bf16's accuracy. Over 8 inputs, bf16 and
+    fp16, both CPU capabilities and 1 or 2 threads, the largest fused/explicit ratio above the
+    floor was 1.9."""
     eager, fused = tiny_vil(attn_impl="eager"), tiny_vil(attn_impl="sdpa")
     x = torch.randn(2, 3, 64, 96)
     out_ref, grad_ref = forward_backward(eager, x)
@@ -192,10 +196,15 @@ def test_bf16_autocast_is_close_to_fp32():
     fused_errors, explicit_errors = gradient_errors(grad_s, grad_ref), gradient_errors(
         grad_e, grad_ref
     )
-    worst_explicit = max(explicit_errors.values())
-    assert worst_explicit < 0.5
-    for name, err in fused_errors.items():
-        assert err <= max(1.5 * worst_explicit, 0.05), (name, err, worst_explicit)
+    assert max(explicit_errors.values()) < 0.5
+    # The local relative-position tables take part, although their gradients fall below the RMS
+    # cut of gradient_errors: both cores get them within about one eps. (The global-token
+    # biases stay out: a few entries, each a sum of terms that cancel, so rounding noise.)
+    for name in [n for n in grad_ref if "local_relative_position_bias_table" in n]:
+        fused_errors[name] = normwise_error(grad_s[name], grad_ref[name])
+        explicit_errors[name] = normwise_error(grad_e[name], grad_ref[name])
+    eps = torch.finfo(torch.bfloat16).eps
+    assert_each_gradient_as_accurate(fused_errors, explicit_errors, 3.0, eps)
 
 
 def detector_parameters(model_cfg, size: str, head: str) -> int:
