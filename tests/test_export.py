@@ -1,16 +1,23 @@
 """Export: TorchScript tracing (any input size), ONNX (legacy and dynamo exporters) run by
-onnxruntime, backbone and whole detector, each compared with eager at two input sizes."""
+onnxruntime, backbone and whole detector. Each file is read back from disk (``torch.jit.load``,
+an onnxruntime session opened here) and its outputs compared, in this file, with an eager run of
+the same module at two input sizes; ``compare_outputs``, which writes the tool's report, is
+checked on outputs of known difference."""
 
 import json
+import math
 import os
+from typing import Any, Dict, List, Sequence
 
+import numpy as np
 import onnx
+import onnxruntime
 import pytest
 import torch
 
 from mvit_det import MViT, build_mvit_fpn
 from mvit_det.tools import export
-from mvit_det.tools.loading import load_model
+from mvit_det.tools.loading import ToolError, load_model
 
 from helpers import REPO
 
@@ -26,6 +33,9 @@ TINY = [
     "dataloader.test.mapper.augmentations.0.max_size=128",
 ]
 SIZES = [(96, 128), (160, 96)]  # windows of 16 tokens cut by the border at both
+FPN_LEVELS = ["p2", "p3", "p4", "p5", "p6"]
+# The exported R-CNN outputs, in order (then the image size): Instances fields sorted by name.
+DETECTOR_FIELDS = ("boxes", "classes", "masks", "scores")
 
 
 def tiny_backbone(attn_impl: str) -> export.BackboneOutputs:
@@ -43,22 +53,105 @@ def tiny_backbone(attn_impl: str) -> export.BackboneOutputs:
     return export.BackboneOutputs(build_mvit_fpn(bottom_up, out_channels=32)).eval()
 
 
-def assert_close(actual, expected, tol):
-    errors = export.compare_outputs(actual, expected)
-    assert max(errors) <= tol, errors
+def as_tensor(value: Any) -> torch.Tensor:
+    """A tensor from a TorchScript (tensor) or onnxruntime (numpy array) output."""
+    return value if isinstance(value, torch.Tensor) else torch.from_numpy(np.asarray(value))
+
+
+def assert_relative_close(actual: Any, expected: torch.Tensor, tol: float) -> None:
+    """Same shape, and every element within ``tol`` times the largest magnitude of ``expected``."""
+    actual = as_tensor(actual).double()
+    expected = expected.double()
+    assert tuple(actual.shape) == tuple(expected.shape)
+    scale = expected.abs().max().item() if expected.numel() else 0.0
+    torch.testing.assert_close(actual, expected, rtol=0.0, atol=tol * max(scale, 1e-30))
+
+
+def assert_outputs_close(actual: Sequence[Any], expected: Sequence[torch.Tensor], tol: float):
+    """Output by output (same number of outputs), as :func:`assert_relative_close`."""
+    assert len(actual) == len(expected)
+    for got, want in zip(actual, expected):
+        assert_relative_close(got, want, tol)
+
+
+def onnx_outputs(path: str, images: torch.Tensor) -> Dict[str, np.ndarray]:
+    """The graph outputs by name, from an onnxruntime session on ``images``."""
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    (graph_input,) = session.get_inputs()
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, {graph_input.name: images.numpy()})))
+
+
+def eager_detections(model: torch.nn.Module, image: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """The R-CNN's instances before resizing to the original image, on a (3, H, W) image."""
+    with torch.no_grad():
+        instances = model.inference([{"image": image}], do_postprocess=False)[0]
+    return {
+        "boxes": instances.pred_boxes.tensor,  # (N, 4)
+        "classes": instances.pred_classes,  # (N,)
+        "masks": instances.pred_masks,  # (N, 1, 28, 28) mask probabilities
+        "scores": instances.scores,  # (N,)
+    }
+
+
+def assert_detections_equal(outputs: Sequence[Any], image: torch.Tensor, eager: Dict, tol: float):
+    """Exported detector outputs (boxes, classes, masks, scores, image size) against eager."""
+    assert len(outputs) == len(DETECTOR_FIELDS) + 1
+    assert len(eager["scores"]) > 0  # detections to compare
+    got = dict(zip(DETECTOR_FIELDS, outputs))
+    assert torch.equal(as_tensor(got["classes"]).long(), eager["classes"].long())
+    for name in ("boxes", "masks", "scores"):
+        assert_relative_close(got[name], eager[name], tol)
+    assert as_tensor(outputs[-1]).tolist() == list(image.shape[1:])
+
+
+def assert_report_within(report: Dict[str, Any], tol: float) -> None:
+    """Every difference of the tool's report is a number <= tol (a NaN is not)."""
+    errors = report["max_relative_difference"]
+    assert errors and all(e <= tol for e in errors), errors
+
+
+def test_compare_outputs_measures_known_differences():
+    want = torch.tensor([[1.0, -4.0], [2.0, 0.5]])
+    got = want + torch.tensor([[0.0, 0.5], [-0.25, 0.0]])  # largest difference 0.5, scale 4
+    errors = export.compare_outputs((got, want), [want, want])
+    assert errors == pytest.approx([0.125, 0.0], abs=1e-12)
+    # numpy arrays (onnxruntime) and integer tensors (classes); lists and tuples alike
+    classes = torch.tensor([3, 0, 1])
+    errors = export.compare_outputs([got.numpy(), np.array([3, 0, 2])], (want, classes))
+    assert errors == pytest.approx([0.125, 1 / 3], abs=1e-12)
+    # an eager output of zeros: the absolute difference; empty outputs agree
+    errors = export.compare_outputs(
+        [torch.full((2,), 0.25), torch.zeros(0, 4)], [torch.zeros(2), torch.zeros(0, 4)]
+    )
+    assert errors == pytest.approx([0.25, 0.0])
+    # a NaN is never reported as a small difference
+    (error,) = export.compare_outputs([torch.tensor([1.0, math.nan])], [torch.tensor([1.0, 2.0])])
+    assert not error <= 1.0
+
+
+def test_compare_outputs_rejects_other_shapes_and_counts():
+    want = [torch.zeros(2, 3), torch.zeros(4)]
+    with pytest.raises(ToolError, match=r"shape \(3, 2\) != eager \(2, 3\)"):
+        export.compare_outputs([torch.zeros(3, 2), torch.zeros(4)], want)
+    with pytest.raises(ToolError, match="shape"):
+        export.compare_outputs([np.zeros((2, 3)), np.zeros((1, 4))], want)
+    with pytest.raises(ToolError, match="1 outputs, eager 2"):
+        export.compare_outputs([torch.zeros(2, 3)], want)
 
 
 @pytest.mark.parametrize("attn_impl", ["eager", "sdpa"])
 def test_torchscript_trace_of_the_backbone_serves_other_sizes(attn_impl, tmp_path):
     module = tiny_backbone(attn_impl)
-    traced = export.export_torchscript(module, torch.randn(1, 3, *SIZES[0]), str(tmp_path / "b.ts"))
+    export.export_torchscript(module, torch.randn(1, 3, *SIZES[0]), str(tmp_path / "b.ts"))
     loaded = torch.jit.load(str(tmp_path / "b.ts"))
     for shape in [(1, 3, *SIZES[0]), (2, 3, *SIZES[1]), (1, 3, 64, 64)]:
         x = torch.randn(*shape)
         with torch.no_grad():
-            expected = module(x)
-            assert_close(traced(x), expected, 1e-6)
-            assert_close(loaded(x), expected, 1e-6)
+            features = module.backbone(x)
+            actual = loaded(x)
+        assert list(features) == FPN_LEVELS
+        assert_outputs_close(actual, [features[name] for name in FPN_LEVELS], 1e-6)
 
 
 @pytest.mark.parametrize("attn_impl", ["eager", "sdpa"])
@@ -70,9 +163,15 @@ def test_legacy_onnx_backbone_is_valid_and_matches(attn_impl, tmp_path):
         export.export_onnx(module, x, path, "legacy", output_names=module.names)
         graph = onnx.load(path)
         onnx.checker.check_model(graph, full_check=True)  # strict shape inference included
-        assert [o.name for o in graph.graph.output] == ["p2", "p3", "p4", "p5", "p6"]
+        assert [o.name for o in graph.graph.output] == FPN_LEVELS
+        outputs = onnx_outputs(path, x)
         with torch.no_grad():
-            assert_close(export.run_onnx(path, x), module(x), 1e-5)
+            features = module.backbone(x)
+        for name in FPN_LEVELS:
+            assert_relative_close(outputs[name], features[name], 1e-5)
+        # the tool's runner gives the same arrays, in output order
+        for got, want in zip(export.run_onnx(path, x), outputs.values(), strict=True):
+            np.testing.assert_array_equal(got, want)
 
 
 def test_dynamo_onnx_backbone_matches(tmp_path):
@@ -81,8 +180,12 @@ def test_dynamo_onnx_backbone_matches(tmp_path):
         path = str(tmp_path / f"b_{size[0]}.onnx")
         x = torch.randn(1, 3, *size)
         export.export_onnx(module, x, path, "dynamo", output_names=module.names)
+        outputs = onnx_outputs(path, x)
+        assert list(outputs) == FPN_LEVELS
         with torch.no_grad():
-            assert_close(export.run_onnx(path, x), module(x), 1e-5)
+            features = module.backbone(x)
+        for name in FPN_LEVELS:
+            assert_relative_close(outputs[name], features[name], 1e-5)
 
 
 def test_whole_detector_torchscript_at_two_sizes(tmp_path, capsys):
@@ -94,27 +197,30 @@ def test_whole_detector_torchscript_at_two_sizes(tmp_path, capsys):
     argv += ["--image-size", "96x128", "--output", str(out), "--device", "cpu", "--opts"] + TINY
     assert export.main(argv) == 0
     report = json.loads((out / "export.json").read_text())
-    assert report["input_shape"] == [3, 96, 128] and max(report["max_relative_difference"]) == 0
+    assert report["input_shape"] == [3, 96, 128] and report["outputs"] == [
+        f"output{i}" for i in range(5)
+    ]
+    assert_report_within(report, 0.0)
     assert "largest relative difference" in capsys.readouterr().out
     traced = torch.jit.load(str(out / "model.ts"))
     for size in [(96, 128), (128, 64)]:
         torch.manual_seed(1)
         image = torch.randint(0, 256, (3, *size)).float()
-        adapter = export.detector_adapter(loaded.model, image)
         with torch.no_grad():
-            expected = adapter(image)
-            boxes, classes, masks, scores, image_size = traced(image)
-        assert len(expected[0]) > 0  # detections to compare
-        assert image_size.tolist() == list(size)
-        assert_close((boxes, classes, masks, scores), expected[:4], 1e-5)
+            outputs = traced(image)
+        assert_detections_equal(outputs, image, eager_detections(loaded.model, image), 1e-5)
 
 
 def test_whole_detector_legacy_onnx_at_two_sizes(tmp_path):
     loaded = load_model(DEMO, "", "cpu", TINY)
     for size in [(96, 128), (128, 64)]:
         report = export.export(loaded, "onnx", "model", size, str(tmp_path / str(size[0])))
-        assert max(report["max_relative_difference"]) <= 1e-4, report
+        assert_report_within(report, 1e-4)
         assert report["input_shape"] == [3, *size]
+        torch.manual_seed(2)
+        image = torch.randint(0, 256, (3, *size)).float()  # another image of the export size
+        outputs = list(onnx_outputs(report["file"], image).values())
+        assert_detections_equal(outputs, image, eager_detections(loaded.model, image), 1e-4)
 
 
 def test_export_errors(tmp_path, capsys):
@@ -136,7 +242,7 @@ def test_scripted_mvit_equals_eager_at_any_size(attn_impl, tmp_path):
             expected, actual = mvit(x), scripted(x)
         assert list(actual) == list(expected)
         # scripted code pads window queries as a trace does: equal up to summation order
-        assert_close(list(actual.values()), list(expected.values()), 1e-6)
+        assert_outputs_close(list(actual.values()), list(expected.values()), 1e-6)
 
 
 def test_export_tool_scripts_the_mvit(tmp_path):
@@ -144,10 +250,18 @@ def test_export_tool_scripts_the_mvit(tmp_path):
     argv += ["--image-size", "64x96", "--output", str(tmp_path), "--device", "cpu", "--opts"]
     assert export.main(argv + TINY) == 0
     report = json.loads((tmp_path / "export.json").read_text())
-    assert report["exporter"] == "script" and report["outputs"] == [
-        f"scale{i}" for i in range(2, 6)
-    ]
-    assert max(report["max_relative_difference"]) <= 1e-6
-    assert isinstance(torch.jit.load(str(tmp_path / "mvit.ts")), torch.jit.ScriptModule)
+    names: List[str] = [f"scale{i}" for i in range(2, 6)]
+    assert report["exporter"] == "script" and report["outputs"] == names
+    assert_report_within(report, 1e-6)
+    scripted = torch.jit.load(str(tmp_path / "mvit.ts"))
+    assert isinstance(scripted, torch.jit.ScriptModule)
+    # the file against an eager MViT of the config holding the file's weights
+    mvit = load_model(DEMO, "", "cpu", TINY).model.backbone.bottom_up
+    mvit.load_state_dict(scripted.state_dict())
+    x = torch.randn(1, *report["input_shape"][1:])
+    with torch.no_grad():
+        expected, actual = mvit(x), scripted(x)
+    assert list(actual) == list(expected) == names
+    assert_outputs_close(list(actual.values()), list(expected.values()), 1e-6)
     wrong = ["--config", DEMO, "--format", "onnx", "--script", "--what", "mvit", "--output"]
     assert export.main(wrong + [str(tmp_path / "x"), "--opts"] + TINY) == 2

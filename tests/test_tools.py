@@ -8,11 +8,12 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from detectron2.data import DatasetCatalog, detection_utils
+from detectron2.data import DatasetCatalog, MetadataCatalog, detection_utils
 from pycocotools import mask as mask_util
 
 from mvit_det import MViT, build_mvit_fpn
 from mvit_det.analysis import flop_count_by_operator
+from mvit_det.data import register_coco_dataset, register_shapes_dataset
 from mvit_det.engine.train_net import build_argument_parser
 from mvit_det.engine.train_net import main as train_main
 from mvit_det.tools import analyze, evaluate, predict
@@ -74,7 +75,52 @@ def _write_video(path, frames):
     writer.release()
 
 
-def test_predict_images_folder_glob_and_video(trained_weights, tmp_path):
+def _video_frames_rgb(path) -> list:
+    """The frames of a video as decoded by OpenCV, turned from BGR into RGB here."""
+    capture = cv2.VideoCapture(str(path))
+    frames = []
+    while True:
+        ok, bgr = capture.read()  # (H, W, 3) BGR
+        if not ok:
+            break
+        frames.append(np.ascontiguousarray(bgr[:, :, ::-1]))
+    capture.release()
+    return frames
+
+
+def _category_ids_by_class(json_file) -> list:
+    """Contiguous class index -> category id of a COCO JSON, as training reads it: the ids in
+    increasing order are classes 0, 1, ..."""
+    with open(json_file) as f:
+        return sorted(c["id"] for c in json.load(f)["categories"])
+
+
+def _assert_records_are_the_models(records, loaded, image_rgb, category_ids) -> int:
+    """The COCO result records of one image equal the model's own output on the RGB image
+    (boxes as XYWH, dataset category ids, scores, decoded RLE masks); returns their number."""
+    assert loaded.input_format == "RGB"
+    with torch.no_grad():
+        expected = loaded.model([loaded.model_input(image_rgb)])[0]["instances"]
+    assert len(records) == len(expected)
+    if not records:
+        return 0
+    boxes = expected.pred_boxes.tensor.numpy()  # (N, 4) XYXY
+    np.testing.assert_allclose(
+        [r["bbox"] for r in records],
+        np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1),
+        atol=1e-3,
+    )
+    assert [r["category_id"] for r in records] == [
+        category_ids[int(c)] for c in expected.pred_classes
+    ]
+    np.testing.assert_allclose([r["score"] for r in records], expected.scores.numpy(), rtol=1e-5)
+    for record, mask in zip(records, expected.pred_masks.numpy()):  # (H, W) bool each
+        rle = dict(record["segmentation"], counts=record["segmentation"]["counts"].encode())
+        assert np.array_equal(mask_util.decode(rle).astype(bool), mask)
+    return len(records)
+
+
+def test_predict_images_folder_glob_and_video(trained_weights, shapes_datasets_root, tmp_path):
     files = [r["file_name"] for r in DatasetCatalog.get("shapes_val")]
     folder = tmp_path / "folder"
     folder.mkdir()
@@ -87,6 +133,10 @@ def test_predict_images_folder_glob_and_video(trained_weights, tmp_path):
     argv += ["--score-threshold", "0.0", "--batch-size", "2"]
     argv += ["--input", files[2], str(folder), str(tmp_path / "folder" / "*.png")]
     argv += [str(tmp_path / "clip.mp4"), "--opts"] + TINY
+    # As in a new process: the metadata has no category ids until the dataset is loaded.
+    register_shapes_dataset(os.path.join(shapes_datasets_root, "mvit_shapes"))
+    metadata = MetadataCatalog.get("shapes_val")
+    assert metadata.get("thing_dataset_id_to_contiguous_id", None) is None
     assert predict.main(argv) == 0
 
     images = json.loads((out / "images.json").read_text())
@@ -94,6 +144,7 @@ def test_predict_images_folder_glob_and_video(trained_weights, tmp_path):
     # the glob repeats the folder's files: each input is predicted once
     stills = [files[2], str(folder / "own_0.png"), str(folder / "own_1.png")]
     assert [i["file_name"] for i in images] == stills + [str(tmp_path / "clip.mp4")] * 3
+    assert [i["id"] for i in images] == list(range(6))
     assert [i.get("frame") for i in images[3:]] == [0, 1, 2]
     for still in stills:
         png = cv2.imread(str(out / (os.path.splitext(os.path.basename(still))[0] + ".png")))
@@ -106,25 +157,55 @@ def test_predict_images_folder_glob_and_video(trained_weights, tmp_path):
     )
     assert not [f for f in os.listdir(out) if f.startswith(".")]  # no partial files left
 
-    # The records are the model's own predictions on each image, in COCO result format.
-    assert records, "score threshold 0 keeps every detection"
+    # Every record is the model's own prediction on its image or frame, in RGB, in COCO result
+    # format with the dataset's category ids (1, 2, 3 in the shapes JSON, not class indexes).
     loaded = load_model(DEMO, trained_weights, "cpu", TINY)
-    category_ids = {c: d for d, c in loaded.metadata.thing_dataset_id_to_contiguous_id.items()}
-    image = detection_utils.read_image(stills[1], format="RGB")
-    with torch.no_grad():
-        expected = loaded.model([loaded.model_input(image)])[0]["instances"]
-    got = [r for r in records if r["image_id"] == 1]
-    assert len(got) == len(expected)
-    boxes = expected.pred_boxes.tensor.numpy()
-    np.testing.assert_allclose(
-        [r["bbox"] for r in got],
-        np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1),
-        atol=1e-3,
-    )
-    assert [r["category_id"] for r in got] == [category_ids[int(c)] for c in expected.pred_classes]
-    np.testing.assert_allclose([r["score"] for r in got], expected.scores.numpy(), rtol=1e-5)
-    rle = dict(got[0]["segmentation"], counts=got[0]["segmentation"]["counts"].encode())
-    assert np.array_equal(mask_util.decode(rle), expected.pred_masks[0].numpy())
+    category_ids = _category_ids_by_class(metadata.json_file)
+    assert category_ids == [1, 2, 3]
+    pictures = [detection_utils.read_image(still, format="RGB") for still in stills]
+    pictures += _video_frames_rgb(tmp_path / "clip.mp4")
+    assert len(pictures) == len(images)
+    counts = []
+    for entry, picture in zip(images, pictures):
+        assert (entry["height"], entry["width"]) == picture.shape[:2]
+        own = [r for r in records if r["image_id"] == entry["id"]]
+        assert all(r["file_name"] == entry["file_name"] for r in own)
+        assert all(r.get("frame") == entry.get("frame") for r in own)
+        counts.append(_assert_records_are_the_models(own, loaded, picture, category_ids))
+    assert sum(counts) == len(records)
+    assert all(counts), f"score threshold 0 keeps every detection: {counts} per image"
+
+
+def test_predict_category_ids_of_a_coco_json_dataset(trained_weights, tmp_path):
+    # A COCO JSON whose category ids are neither 0..K-1 nor in increasing order in the file,
+    # registered as the config's test dataset and not loaded before the tool runs.
+    val = MetadataCatalog.get("shapes_val")
+    with open(val.json_file) as f:
+        data = json.load(f)
+    new_ids = {1: 11, 2: 2, 3: 7}
+    for category in data["categories"]:
+        category["id"] = new_ids[category["id"]]
+    data["categories"].sort(key=lambda c: -c["id"])
+    for annotation in data["annotations"]:
+        annotation["category_id"] = new_ids[annotation["category_id"]]
+    json_file = tmp_path / "renumbered.json"
+    json_file.write_text(json.dumps(data))
+    register_coco_dataset("predict_renumbered_val", str(json_file), val.image_root)
+    image = os.path.join(val.image_root, data["images"][0]["file_name"])
+    opts = TINY + ["dataloader.test.dataset.names=predict_renumbered_val"]
+    out = tmp_path / "out"
+    argv = ["--config", DEMO, "--weights", trained_weights, "--input", image, "--no-vis"]
+    argv += ["--output", str(out), "--device", "cpu", "--score-threshold", "0.0", "--opts"]
+    assert predict.main(argv + opts) == 0
+    records = json.loads((out / "predictions.json").read_text())
+    category_ids = _category_ids_by_class(json_file)
+    assert category_ids == [2, 7, 11]
+    loaded = load_model(DEMO, trained_weights, "cpu", opts)
+    picture = detection_utils.read_image(image, format="RGB")
+    assert _assert_records_are_the_models(records, loaded, picture, category_ids) > 0
+    assert MetadataCatalog.get("predict_renumbered_val").thing_classes == [
+        c["name"] for c in sorted(data["categories"], key=lambda c: c["id"])
+    ]  # the drawings' class names, in class order
 
 
 def test_predict_threshold_and_errors(trained_weights, tmp_path, capsys):

@@ -26,7 +26,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 import torch
-from detectron2.data import detection_utils
+from detectron2.data import DatasetCatalog, detection_utils
 from detectron2.evaluation.coco_evaluation import instances_to_coco_json
 from detectron2.structures import Instances
 from detectron2.utils.visualizer import Visualizer
@@ -116,6 +116,42 @@ def _batched(items: Iterator[Any], size: int) -> Iterator[List[Any]]:
         yield batch
 
 
+def _dataset_id_to_contiguous_id(loaded: LoadedModel) -> Optional[Dict[int, int]]:
+    """
+    The test dataset's category id -> contiguous class index, as in training.
+
+    Detectron2's builtin COCO metadata has it from the start; a dataset read from a COCO JSON
+    (registered with ``register_coco_instances``, or the shapes dataset) gets it, and its class
+    names, only when it is loaded (sorted category ids -> 0, 1, ...): such a dataset is loaded
+    here for them.
+
+    Args:
+        loaded: the model and the name of its test dataset.
+
+    Returns:
+        the mapping, or None for a dataset without category ids (records keep the class index).
+
+    Raises:
+        ToolError: the dataset's annotations cannot be read.
+    """
+    metadata = loaded.metadata
+    mapping = metadata.get("thing_dataset_id_to_contiguous_id", None)
+    if (
+        mapping is None
+        and metadata.get("json_file", None)
+        and loaded.dataset in DatasetCatalog.list()
+    ):
+        try:
+            DatasetCatalog.get(loaded.dataset)
+        except OSError as e:
+            raise ToolError(
+                f"the category ids and class names of {loaded.dataset!r}, the config's test "
+                f"dataset, come from its annotations, which cannot be read: {e}"
+            ) from None
+        mapping = metadata.get("thing_dataset_id_to_contiguous_id", None)
+    return mapping
+
+
 class Predictor:
     """Batched inference, visualisation and COCO-format records for one loaded model."""
 
@@ -127,8 +163,7 @@ class Predictor:
         """
         self.loaded = loaded
         self.score_threshold = score_threshold
-        metadata = loaded.metadata
-        mapping = metadata.get("thing_dataset_id_to_contiguous_id")
+        mapping = _dataset_id_to_contiguous_id(loaded)
         # contiguous class index -> the dataset's category id (COCO ids), or the index itself
         self.category_ids = {v: k for k, v in mapping.items()} if mapping else None
 
