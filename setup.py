@@ -15,6 +15,8 @@ setup(
             "configs/*.py",
             "configs/common/*.py",
             "configs/demo/*.py",
+            "configs/published/*.py",
+            "configs/published/LVIS/*.py",
             "configs/yacs/*.yaml",
             "configs/yacs/demo/*.yaml",
             "projects/*/configs/*/*.py",

@@ -1,6 +1,7 @@
 """Cascade Mask R-CNN, MViTv2-B (ImageNet-1K init), LSJ 1024, 3x schedule (36 epochs).
 
-Published COCO val box / mask AP of the reference implementation: 54.1 / 46.7.
+The published Detectron2 model of this size was trained with another recipe, multi-scale
+training: ``published/cascade_mask_rcnn_mvitv2_b_3x.py`` (docs/recipes.md).
 """
 
 from mvit_det import mvit_preset

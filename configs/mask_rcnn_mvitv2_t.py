@@ -1,6 +1,7 @@
 """Mask R-CNN, MViTv2-T (ImageNet-1K init), LSJ 1024, 3x schedule (36 epochs).
 
-Published COCO val box / mask AP of the reference implementation: 48.3 / 43.8.
+The published Detectron2 model of this size was trained with another recipe, multi-scale
+training: ``published/mask_rcnn_mvitv2_t_3x.py`` (docs/recipes.md).
 """
 
 from mvit_det import mvit_preset

@@ -2,8 +2,11 @@
 
 ``configs/`` of the repository is installed as package data of this module (in a checkout,
 ``mvit_det/model_zoo/configs`` is a symlink to it), so ``get_config("mask_rcnn_mvitv2_b.py")``
-works wherever mvit_det is importable. The configs of ``projects/<name>/configs`` (in a checkout,
-``mvit_det/model_zoo/projects`` links to ``projects/``) are named by their repository path, e.g.
+works wherever mvit_det is importable; the published recipes by their folder, e.g.
+``get_config("published/cascade_mask_rcnn_mvitv2_b_3x.py")`` or
+``get_config("published/LVIS/cascade_mask_rcnn_mvitv2_b_in21k_100ep.py")``. The configs of
+``projects/<name>/configs`` (in a checkout, ``mvit_det/model_zoo/projects`` links to
+``projects/``) are named by their repository path, e.g.
 ``get_config("projects/ViL/configs/COCO/mask_rcnn_vil_s_1x.py")``.
 """
 
