@@ -21,8 +21,15 @@ from .errors import (
     DamagedCheckpointError,
     MissingBackboneKeysError,
     NotACheckpointError,
+    UnsafeCheckpointError,
 )
-from .io import load_object, nonfinite_tensors, read_checkpoint, resolve_local_path
+from .io import (
+    _read_for_weights,
+    nonfinite_tensors,
+    read_checkpoint,
+    resolve_local_path,
+)
+from .unpickling import names_of
 from .backbones import adapt_backbone_state_dict, find_backbone
 from .mapping import LoadReport
 
@@ -139,6 +146,7 @@ class MViTCheckpointer(DetectionCheckpointer):
         if find_backbone(self.model) is None:
             return self._load_detectron2_file(filename)
         ckpt = read_checkpoint(filename, trust=self.trust)
+        self._refuse_skipped_state(filename, ckpt.skipped)
         self._source = ckpt.describe()
         nonfinite = nonfinite_tensors(ckpt.state)
         if nonfinite:
@@ -151,7 +159,8 @@ class MViTCheckpointer(DetectionCheckpointer):
     def _load_detectron2_file(self, filename: str) -> Dict[str, Any]:
         """Detectron2's file conventions (model-zoo and Caffe2 ``.pkl``, pycls ``.pyth``, torch
         files with or without a ``model`` entry), read safely."""
-        data = load_object(filename, trust=self.trust)
+        _, data, skipped = _read_for_weights(filename, self.trust)
+        self._refuse_skipped_state(filename, skipped)
         if not isinstance(data, dict):
             raise NotACheckpointError(
                 f"{filename!r} is not a checkpoint: it holds a {type(data).__name__}, not a dict"
@@ -168,6 +177,20 @@ class MViTCheckpointer(DetectionCheckpointer):
             }
             return {"model": weights, "__author__": "pycls", "matching_heuristics": True}
         return data if "model" in data else {"model": data}
+
+    def _refuse_skipped_state(self, filename: str, skipped: Dict[str, List[str]]) -> None:
+        """Resuming needs the whole training state: entries left out of the weights because
+        they pickle Python objects make it impossible without trusting the file."""
+        if not (self._resuming_from and skipped):
+            return
+        names = sorted({name for names in skipped.values() for name in names})
+        raise UnsafeCheckpointError(
+            f"cannot resume from {filename!r} without trusting it: its training state "
+            f"({', '.join(map(repr, skipped))}) pickles Python objects ({names_of(names)}), and "
+            "unpickling them can run arbitrary code. If you trust where the file comes from, "
+            "resume with --trust-checkpoint (trust=True of MViTCheckpointer); otherwise start a "
+            f"new run from its weights with train.init_checkpoint={filename}"
+        )
 
     def _load_model(self, checkpoint: Dict[str, Any]) -> _IncompatibleKeys:
         found = find_backbone(self.model)

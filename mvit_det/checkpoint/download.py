@@ -1,16 +1,22 @@
-"""Downloading checkpoints into Detectron2's cache (timeouts, atomic writes, verification,
-healing of bad cached copies) and pinning files by their SHA-256."""
+"""Downloading checkpoints into Detectron2's cache (timeouts, an overall deadline, a size limit,
+atomic writes, verification, healing of bad cached copies) and pinning files by their SHA-256."""
 
 from __future__ import annotations
 
+import glob
 import hashlib
-import http.client
 import logging
+import math
 import os
+import queue
 import re
+import signal
+import threading
+import time
 import urllib.error
 import urllib.request
-from typing import Any, Optional, Tuple
+from contextlib import contextmanager
+from typing import IO, Any, Iterator, List, Optional, Tuple
 from urllib.parse import urlparse
 
 from detectron2.utils.file_io import PathManager
@@ -26,16 +32,37 @@ from .errors import (
     TruncatedCheckpointError,
 )
 
-__all__ = ["DOWNLOAD_TIMEOUT_S", "http_url", "resolve_local_path", "split_sha256"]
+__all__ = [
+    "DOWNLOAD_DEADLINE_S",
+    "DOWNLOAD_MAX_BYTES",
+    "DOWNLOAD_TIMEOUT_S",
+    "http_url",
+    "resolve_local_path",
+    "split_sha256",
+]
 
 logger = logging.getLogger(__name__)
 
 # Seconds a download may wait for the server to connect or send data before it is abandoned.
 DOWNLOAD_TIMEOUT_S = 60.0
+# Seconds a whole download may take; the environment variable overrides it.
+DOWNLOAD_DEADLINE_S = 7200.0
+_DEADLINE_ENV = "MVIT_DET_DOWNLOAD_DEADLINE_S"
+# Bytes a download may have (4 GiB); the environment variable overrides it.
+DOWNLOAD_MAX_BYTES = 4 << 30
+_MAX_BYTES_ENV = "MVIT_DET_DOWNLOAD_MAX_BYTES"
 # Detectron2's own URL scheme and the address it stands for.
 _DETECTRON2_SCHEME = "detectron2://"
 _DETECTRON2_HOST = "https://dl.fbaipublicfiles.com/detectron2/"
 _CHECKPOINT_SUFFIXES = (".pth", ".pkl", ".pyth", ".bin", ".safetensors", ".pt")
+# Downloads from other hosts than Detectron2's are cached under
+# <cache>/mvit_det_downloads/<scheme>_<host>_<port>/<URL path>.
+_HOSTS_FOLDER = "mvit_det_downloads"
+# URL path segments kept as folder and file names; other paths get a hashed name.
+_SEGMENT = re.compile(r"[A-Za-z0-9_.~+=,@%-]{1,200}")
+_HOST = re.compile(r"[a-z0-9.-]{1,200}")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_CHUNK = 1 << 20
 
 
 def split_sha256(path: str) -> Tuple[str, Optional[str]]:
@@ -95,11 +122,69 @@ def http_url(path: str) -> Optional[str]:
     return None
 
 
-def _cache_file(url: str) -> str:
-    """Where a download is kept: Detectron2's (iopath's) cache layout, so caches are shared."""
+def _origin(url: str) -> Tuple[str, str, Optional[int]]:
+    """(scheme, host, port) of a URL, with the scheme's default port filled in."""
     parsed = urlparse(url)
-    folder = os.path.join(get_cache_dir(), os.path.dirname(parsed.path.lstrip("/")))
-    return os.path.join(folder, os.path.basename(parsed.path) or "index")
+    try:
+        port = parsed.port
+    except ValueError:
+        raise CheckpointNotFoundError(f"{url!r} is not a valid URL: its port is not a number")
+    scheme = parsed.scheme.lower()
+    return scheme, (parsed.hostname or "").lower(), port or _DEFAULT_PORTS.get(scheme)
+
+
+def _cache_file(url: str) -> str:
+    """
+    Where a download is kept, always inside the cache folder. Files of Detectron2's host keep
+    Detectron2's (iopath's) layout, ``<cache>/<URL path>``, so the two share their downloads;
+    other hosts have a folder of their own (scheme, host and port), so no host can fill the
+    entry of another. URL paths with ``.``/``..`` segments, a query or unusual characters get
+    a hashed file name.
+    """
+    root = os.path.abspath(get_cache_dir())
+    parsed = urlparse(url)
+    segments = parsed.path.split("/")[1:]
+    plain = (
+        not parsed.query
+        and not parsed.params
+        and 0 < len(segments) <= 32
+        and all(_SEGMENT.fullmatch(s) and s not in (".", "..") for s in segments)
+    )
+    scheme, host, port = _origin(url)
+    if plain and (scheme, host, port) == _origin(_DETECTRON2_HOST):
+        path = os.path.join(root, *segments)
+    else:
+        if not _HOST.fullmatch(host):
+            host = hashlib.sha256(host.encode()).hexdigest()[:16]
+        folder = os.path.join(root, _HOSTS_FOLDER, f"{scheme}_{host}_{port}")
+        if plain:
+            path = os.path.join(folder, *segments)
+        else:
+            name = re.sub(r"[^A-Za-z0-9_.+=,@-]", "_", segments[-1] if segments else "")
+            digest = hashlib.sha256(url.encode()).hexdigest()[:32]
+            path = os.path.join(folder, "_", f"{digest}-{name[-100:]}")
+    if os.path.commonpath([root, os.path.normpath(path)]) != root:  # cannot happen: checked
+        raise CheckpointNotFoundError(f"{url!r} maps outside the download cache")
+    return path
+
+
+def _setting(value: Optional[float], env: str, default: float, what: str) -> float:
+    """An argument, else the environment variable ``env``, else ``default``; positive."""
+    if value is None:
+        text = os.environ.get(env, "").strip()
+        if not text:
+            return default
+        try:
+            value = float(text)
+        except ValueError:
+            raise CheckpointNotFoundError(f"{env}={text!r} is not a number of {what}") from None
+    if not 0 < value < math.inf:
+        raise CheckpointNotFoundError(f"the download {what} must be positive, not {value!r}")
+    return value
+
+
+def _size_text(nbytes: float) -> str:
+    return f"{nbytes / (1 << 30):.2f} GiB" if nbytes >= 1 << 30 else f"{nbytes:.0f} bytes"
 
 
 def _verify_download(path: str, sha256: Optional[str], source: str) -> None:
@@ -116,80 +201,236 @@ def _fetch_failed(url: str, why: str) -> CheckpointNotFoundError:
     )
 
 
-def _download(url: str, destination: str, sha256: Optional[str], timeout: float) -> None:
-    """Downloads ``url`` to ``destination`` atomically, verifying size, container and digest."""
+def _too_large(url: str, limit: float, why: str) -> CheckpointNotFoundError:
+    return CheckpointNotFoundError(
+        f"could not fetch checkpoint {url!r}: {why}, more than the download limit of "
+        f"{_size_text(limit)}. If the file is meant to be that large, raise the limit with "
+        f"{_MAX_BYTES_ENV}=<bytes>"
+    )
 
-    def write(f: Any) -> None:
-        received = 0
-        while True:
+
+def _is_timeout(error: BaseException) -> bool:
+    reason = getattr(error, "reason", None)
+    return isinstance(error, TimeoutError) or isinstance(reason, TimeoutError)
+
+
+def _receive(url: str, timeout: float, feed: "queue.Queue[Any]", stop: threading.Event) -> None:
+    """The network side of a download, run in a thread of its own: puts ("length", header),
+    then ("data", chunk) until an empty chunk, or ("error", exception), into ``feed``."""
+
+    def put(item: Tuple[str, Any]) -> bool:
+        while not stop.is_set():
             try:
-                chunk = response.read(1 << 20)
-            except (OSError, http.client.HTTPException) as e:
-                why = f"the transfer failed after {received} bytes ({e})"
-                raise _fetch_failed(url, why) from None
+                feed.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    request = urllib.request.Request(url, headers={"User-Agent": "mvit_det"})
+    try:
+        response = urllib.request.urlopen(request, timeout=timeout)
+    except BaseException as e:  # handed to the waiting thread, which names it
+        put(("error", e))
+        return
+    with response:
+        if not put(("length", response.headers.get("Content-Length"))):
+            return
+        while not stop.is_set():
+            try:
+                chunk = response.read1(_CHUNK)
+            except BaseException as e:
+                put(("error", e))
+                return
+            if not put(("data", chunk)) or not chunk:
+                return
+
+
+def _download(
+    url: str,
+    destination: str,
+    sha256: Optional[str],
+    timeout: float,
+    deadline: float,
+    max_bytes: float,
+) -> None:
+    """Downloads ``url`` to ``destination`` atomically, within ``deadline`` seconds and
+    ``max_bytes`` bytes, verifying size, container and digest. The transfer runs in a daemon
+    thread; this one waits for its data, so a server that sends a byte now and then cannot keep
+    it past the deadline."""
+    end = time.monotonic() + deadline
+    feed: "queue.Queue[Tuple[str, Any]]" = queue.Queue(maxsize=8)
+    stop = threading.Event()
+    received = 0
+
+    def next_item() -> Tuple[str, Any]:
+        try:
+            return feed.get(timeout=max(end - time.monotonic(), 0.0))
+        except queue.Empty:
+            raise CheckpointNotFoundError(
+                f"could not fetch checkpoint {url!r}: the download did not finish within its "
+                f"deadline of {deadline:g} s ({received} bytes received). For a slow connection, "
+                f"allow more time with {_DEADLINE_ENV}=<seconds>"
+            ) from None
+
+    def write(f: IO[bytes]) -> None:
+        nonlocal received
+        while True:
+            kind, chunk = next_item()
+            if kind == "error":
+                if _is_timeout(chunk):
+                    why = f"the server stopped sending for {timeout:g} s"
+                else:
+                    why = f"the transfer failed after {received} bytes ({chunk})"
+                raise _fetch_failed(url, why)
             if not chunk:
                 break
-            f.write(chunk)
             received += len(chunk)
-        if expected is not None and received != int(expected):
+            if received > max_bytes:
+                raise _too_large(url, max_bytes, f"it sends more than {max_bytes:.0f} bytes")
+            f.write(chunk)
+        if expected is not None and received != expected:
             raise TruncatedCheckpointError(
                 f"the download of {url!r} was cut off after {received} of {expected} bytes; "
                 "try again"
             )
 
-    request = urllib.request.Request(url, headers={"User-Agent": "mvit_det"})
+    threading.Thread(
+        target=_receive, args=(url, timeout, feed, stop), name="mvit_det-download", daemon=True
+    ).start()
     try:
-        response = urllib.request.urlopen(request, timeout=timeout)
-    except urllib.error.HTTPError as e:
-        raise _fetch_failed(url, f"the server answered {e.code} {e.reason}") from None
-    except TimeoutError:
-        raise _fetch_failed(url, f"the server did not answer within {timeout:g} s") from None
-    except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
-        raise _fetch_failed(url, f"{type(e).__name__}: {getattr(e, 'reason', e)}") from None
-    with response:
-        expected = response.headers.get("Content-Length")
-        try:
-            atomic_write(destination, write, verify=lambda tmp: _verify_download(tmp, sha256, url))
-        except TimeoutError:
-            raise _fetch_failed(url, f"the server stopped sending for {timeout:g} s") from None
+        kind, value = next_item()
+        if kind == "error":
+            if isinstance(value, urllib.error.HTTPError):
+                raise _fetch_failed(url, f"the server answered {value.code} {value.reason}")
+            if _is_timeout(value):
+                raise _fetch_failed(url, f"the server did not answer within {timeout:g} s")
+            reason = getattr(value, "reason", value)
+            raise _fetch_failed(url, f"{type(value).__name__}: {reason}")
+        expected = int(value) if value is not None and value.strip().isdigit() else None
+        if expected is not None and expected > max_bytes:
+            raise _too_large(url, max_bytes, f"the server announces {expected} bytes")
+        atomic_write(destination, write, verify=lambda tmp: _verify_download(tmp, sha256, url))
+    finally:
+        stop.set()
 
 
-def _fetch(url: str, sha256: Optional[str], timeout: float) -> str:
-    """The cached download of ``url``, fetched (again) unless a verified copy is cached."""
+class _Terminated(BaseException):
+    """SIGTERM arrived while a download was running."""
+
+
+@contextmanager
+def _sigterm_removes_partial_download() -> Iterator[None]:
+    """While a download runs in the main thread, SIGTERM raises :class:`_Terminated`, so that
+    the partial file is removed as for any failure; the signal is then delivered again to the
+    handler that was there before (by default, ending the process)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous in (signal.SIG_IGN, None):
+        yield
+        return
+
+    def terminated(signum: int, frame: Any) -> None:
+        raise _Terminated()
+
+    signal.signal(signal.SIGTERM, terminated)
+    try:
+        yield
+    except _Terminated:
+        signal.signal(signal.SIGTERM, previous)
+        signal.raise_signal(signal.SIGTERM)
+        raise CheckpointNotFoundError("the download was interrupted by SIGTERM") from None
+    finally:
+        if signal.getsignal(signal.SIGTERM) is terminated:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _make_folders(folder: str) -> List[str]:
+    """Creates ``folder`` and its missing parents; returns the ones created, deepest first."""
+    missing = []
+    current = folder
+    while not os.path.isdir(current):
+        missing.append(current)
+        current = os.path.dirname(current)
+    os.makedirs(folder, exist_ok=True)
+    return missing
+
+
+def _remove_stale_temporaries(cached: str) -> None:
+    """Removes the temporary files of earlier downloads of ``cached`` that were killed midway
+    (``atomic_write`` names them ``.<name>.<random>.tmp``). Call it holding the file's lock."""
+    folder, name = os.path.split(cached)
+    for stale in glob.glob(os.path.join(glob.escape(folder), f".{glob.escape(name)}.*.tmp")):
+        logger.info(f"Removing {stale}, left by an interrupted download")
+        os.unlink(stale)
+
+
+def _fetch(
+    url: str, sha256: Optional[str], timeout: float, deadline: float, max_bytes: float
+) -> str:
+    """The cached download of ``url``, fetched (again) unless a verified copy is cached. A
+    failed or refused download leaves nothing behind: no file, no temporary file, no lock file,
+    no folder it created."""
     cached = _cache_file(url)
+    lock = cached + ".lock"
     try:
-        os.makedirs(os.path.dirname(cached), exist_ok=True)
-        with file_lock(cached + ".lock"):  # one download at a time per file, across processes
-            if os.path.isfile(cached):
-                try:
-                    _verify_download(cached, sha256, f"the cached download {cached!r}")
-                    return cached
-                except CheckpointError as e:
-                    logger.warning(f"{e}; deleting it and fetching {url} again")
-                    os.unlink(cached)
-            logger.info(f"Downloading {url} to {cached} ...")
-            _download(url, cached, sha256, timeout)
+        created = _make_folders(os.path.dirname(cached))
+        try:
+            with file_lock(lock):  # one download at a time per file, across processes
+                _remove_stale_temporaries(cached)
+                if os.path.isfile(cached):
+                    try:
+                        _verify_download(cached, sha256, f"the cached download {cached!r}")
+                        return cached
+                    except CheckpointError as e:
+                        logger.warning(f"{e}; deleting it and fetching {url} again")
+                        os.unlink(cached)
+                logger.info(f"Downloading {url} to {cached} ...")
+                _download(url, cached, sha256, timeout, deadline, max_bytes)
+        except BaseException:
+            if not os.path.exists(cached):
+                for leftover in [lock] + created:
+                    try:
+                        (os.rmdir if leftover in created else os.unlink)(leftover)
+                    except OSError:  # not empty (other downloads), or already gone
+                        pass
+            raise
     except OSError as e:
         raise _fetch_failed(url, f"the download cache is not writable ({e})") from None
     return cached
 
 
 def resolve_local_path(
-    path: str, *, sha256: Optional[str] = None, timeout: float = DOWNLOAD_TIMEOUT_S
+    path: str,
+    *,
+    sha256: Optional[str] = None,
+    timeout: float = DOWNLOAD_TIMEOUT_S,
+    deadline: Optional[float] = None,
+    max_bytes: Optional[int] = None,
 ) -> str:
     """
     Returns a local file for a path or URL (``detectron2://``, ``https://``, ...).
 
     ``http(s)://`` and ``detectron2://`` URLs are downloaded into Detectron2's cache
-    (``$FVCORE_CACHE``, default ``~/.torch/iopath_cache``) on first use, with a socket timeout
-    and atomically; a cached copy that is not a complete checkpoint (an HTML error page, a
-    cut-off body) or fails the digest is deleted and fetched again. Other URL schemes go through
-    Detectron2's PathManager.
+    (``$FVCORE_CACHE``, default ``~/.torch/iopath_cache``; see :func:`_cache_file` for the
+    layout) on first use, with a socket timeout, an overall deadline and a size limit, and
+    atomically; a cached copy that is not a complete checkpoint (an HTML error page, a cut-off
+    body) or fails the digest is deleted and fetched again. A refused download leaves nothing
+    in the cache; SIGTERM during a download removes the partial file, and partial files of
+    downloads killed otherwise are removed by the next download of the same file. Other URL
+    schemes go through Detectron2's PathManager.
 
     Args:
         path: local path or URL, optionally ending in ``#sha256=<64 hex digits>``.
         sha256: the expected SHA-256 of the file (hex), checked if given.
         timeout: seconds a download may wait for the server before it is abandoned.
+        deadline: seconds a whole download may take; default ``$MVIT_DET_DOWNLOAD_DEADLINE_S``,
+            else :data:`DOWNLOAD_DEADLINE_S` (2 hours).
+        max_bytes: largest download accepted; default ``$MVIT_DET_DOWNLOAD_MAX_BYTES``, else
+            :data:`DOWNLOAD_MAX_BYTES` (4 GiB). A larger announced size is refused before the
+            transfer, a larger body as soon as it passes the limit.
 
     Returns:
         the path of a local file.
@@ -212,7 +453,10 @@ def resolve_local_path(
         raise CheckpointNotFoundError(f"checkpoint {path!r} not found: no such file")
     url = http_url(path)
     if url is not None:
-        return _fetch(url, sha256, timeout)
+        deadline = _setting(deadline, _DEADLINE_ENV, DOWNLOAD_DEADLINE_S, "seconds")
+        max_bytes = _setting(max_bytes, _MAX_BYTES_ENV, DOWNLOAD_MAX_BYTES, "bytes")
+        with _sigterm_removes_partial_download():
+            return _fetch(url, sha256, timeout, deadline, max_bytes)
     try:
         local = PathManager.get_local_path(path)
     except Exception as e:  # PathManager handlers raise many types (URLError, OSError, ...)

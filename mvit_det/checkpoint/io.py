@@ -10,17 +10,27 @@ import logging
 import os
 import pickle
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
 
 from ..utils.file_io import atomic_write
-from .containers import load_container, sniff_container
-from .download import DOWNLOAD_TIMEOUT_S, http_url, resolve_local_path, split_sha256
+from .containers import load_container, sniff_container, unsafe_error
+from .download import (
+    DOWNLOAD_DEADLINE_S,
+    DOWNLOAD_MAX_BYTES,
+    DOWNLOAD_TIMEOUT_S,
+    http_url,
+    resolve_local_path,
+    split_sha256,
+)
 from .errors import DamagedCheckpointError, NotACheckpointError
+from .unpickling import names_of, refused_names
 
 __all__ = [
+    "DOWNLOAD_DEADLINE_S",
+    "DOWNLOAD_MAX_BYTES",
     "DOWNLOAD_TIMEOUT_S",
     "CheckpointFile",
     "load_object",
@@ -31,6 +41,10 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+# Pickle protocol of the .pkl files written here: 4 stores array bytes as they are (protocol 2
+# goes through latin-1 text), allows arrays over 4 GiB, and every Python 3 reads it.
+_PKL_PROTOCOL = 4
 
 
 @dataclass
@@ -49,6 +63,9 @@ class CheckpointFile:
             e.g. a timm file).
         state: the weights as tensors.
         extra: the other top-level entries (optimizer, scheduler, iteration, ``__author__``...).
+        skipped: top-level entries left out because they pickle Python objects that are not
+            plain data (e.g. the omegaconf objects in Detectron2's trainer state), with the
+            names of those objects; they were not unpickled.
     """
 
     path: str
@@ -56,6 +73,7 @@ class CheckpointFile:
     kind: str
     state: Dict[str, torch.Tensor]
     extra: Dict[str, Any] = field(default_factory=dict)
+    skipped: Dict[str, List[str]] = field(default_factory=dict)
 
     def describe(self) -> str:
         """One line naming the file, its container and how the weights were stored."""
@@ -70,13 +88,13 @@ class CheckpointFile:
 
 
 def _read(
-    path: str, trust: bool, sha256: Optional[str], timeout: float, parse: Callable[[Any], Any]
+    path: str, trust: bool, sha256: Optional[str], timeout: float, substitute: bool = False
 ) -> Tuple[str, Any]:
-    """Resolves, loads and parses a file; a cached download that fails is fetched once more."""
+    """Resolves and loads a file; a cached download that fails is fetched once more."""
     local = resolve_local_path(path, sha256=sha256, timeout=timeout)
     try:
         container = sniff_container(local)
-        return container, parse(load_container(local, container, trust))
+        return container, load_container(local, container, trust, substitute=substitute)
     except DamagedCheckpointError as e:
         if local == path or http_url(split_sha256(path)[0]) is None:
             raise
@@ -84,7 +102,57 @@ def _read(
         os.unlink(local)
         local = resolve_local_path(path, sha256=sha256, timeout=timeout)
         container = sniff_container(local)
-        return container, parse(load_container(local, container, trust))
+        return container, load_container(local, container, trust, substitute=substitute)
+
+
+# Where checkpoints keep their weights, in the order they are looked for.
+_WEIGHT_ENTRIES = (
+    ("official", "model_state"),
+    ("detectron2", "model"),
+    ("wrapped", "state_dict"),
+    ("vil", "net"),
+)
+
+
+def _leave_out_refused(obj: Any, path: str) -> Tuple[Any, Dict[str, List[str]]]:
+    """Drops the top-level entries holding placeholders of refused objects, if the weights
+    themselves hold none; otherwise the file is unsafe."""
+    names = refused_names(obj)
+    if not names:
+        return obj, {}
+    if isinstance(obj, Mapping) and not refused_names(list(obj.keys())):
+        for _, key in _WEIGHT_ENTRIES:
+            if key not in obj:
+                continue
+            inside = refused_names(obj[key])
+            if inside:
+                raise unsafe_error(path, inside)
+            if isinstance(obj[key], Mapping):
+                skipped = {str(k): refused_names(v) for k, v in obj.items()}
+                skipped = {k: v for k, v in skipped.items() if v}
+                return {k: v for k, v in obj.items() if str(k) not in skipped}, skipped
+    raise unsafe_error(path, names)
+
+
+def _read_for_weights(
+    path: str, trust: bool, sha256: Optional[str] = None, timeout: float = DOWNLOAD_TIMEOUT_S
+) -> Tuple[str, Any, Dict[str, List[str]]]:
+    """
+    Loads a file for its weights: top-level entries beside the weights that pickle objects
+    other than plain data are left out (never unpickled) instead of refusing the file.
+
+    Returns:
+        the container, the loaded object without those entries, and the entries left out
+        (name -> the objects they pickle).
+    """
+    container, obj = _read(path, trust, sha256, timeout, substitute=not trust)
+    obj, skipped = _leave_out_refused(obj, path)
+    if skipped:
+        logger.info(
+            f"Not loaded from {path}: {', '.join(map(repr, skipped))} (not weights), which pickle "
+            f"Python objects ({names_of(sorted({n for v in skipped.values() for n in v}))})"
+        )
+    return container, obj, skipped
 
 
 def load_object(
@@ -109,22 +177,47 @@ def load_object(
     Raises:
         CheckpointError: see :func:`read_checkpoint`.
     """
-    return _read(path, trust, sha256, timeout, lambda obj: obj)[1]
+    return _read(path, trust, sha256, timeout)[1]
+
+
+# numpy dtypes that are tensor dtypes too (in either byte order).
+_TENSOR_NUMPY_DTYPES = {
+    np.dtype(name)
+    for name in (
+        "bool uint8 uint16 uint32 uint64 int8 int16 int32 int64 float16 float32 float64 "
+        "complex64 complex128"
+    ).split()
+}
+
+
+def _describe_value(value: Any) -> str:
+    if isinstance(value, np.ndarray):
+        return f"numpy array of dtype {value.dtype.str}"
+    return type(value).__name__
 
 
 def _as_tensors(state: Mapping[str, Any], path: str) -> Dict[str, torch.Tensor]:
-    """Checks that ``state`` maps names to tensors or arrays; converts arrays to tensors."""
+    """Checks that ``state`` maps names to tensors or numeric arrays; converts the arrays."""
     if not isinstance(state, Mapping) or not state:
         raise NotACheckpointError(f"{path!r} holds no weights (empty or not a dict)")
-    bad = [k for k, v in state.items() if not isinstance(v, (torch.Tensor, np.ndarray))]
+    bad = [
+        k
+        for k, v in state.items()
+        if not isinstance(v, torch.Tensor)
+        and not (isinstance(v, np.ndarray) and v.dtype.newbyteorder("=") in _TENSOR_NUMPY_DTYPES)
+    ]
     if bad:
-        shown = ", ".join(f"{k!r} ({type(state[k]).__name__})" for k in bad[:5])
+        shown = ", ".join(f"{k!r} ({_describe_value(state[k])})" for k in bad[:5])
         raise NotACheckpointError(
             f"{path!r} is not a checkpoint of weights: {len(bad)} of its {len(state)} entries are "
-            f"not tensors, e.g. {shown}"
+            f"not tensors or numeric arrays, e.g. {shown}"
         )
     return {
-        k: torch.from_numpy(np.asarray(v, order="C")) if isinstance(v, np.ndarray) else v
+        k: (
+            torch.from_numpy(np.asarray(v, dtype=v.dtype.newbyteorder("="), order="C"))
+            if isinstance(v, np.ndarray)
+            else v
+        )
         for k, v in state.items()
     }
 
@@ -134,12 +227,7 @@ def _weights_of(obj: Any, path: str, container: str) -> CheckpointFile:
         raise NotACheckpointError(
             f"{path!r} is not a checkpoint: it holds a {type(obj).__name__}, not a dict of weights"
         )
-    for kind, key in (
-        ("official", "model_state"),
-        ("detectron2", "model"),
-        ("wrapped", "state_dict"),
-        ("vil", "net"),
-    ):
+    for kind, key in _WEIGHT_ENTRIES:
         if isinstance(obj.get(key), Mapping):
             extra = {k: v for k, v in obj.items() if k != key}
             return CheckpointFile(path, container, kind, _as_tensors(obj[key], path), extra)
@@ -155,6 +243,10 @@ def read_checkpoint(
 ) -> CheckpointFile:
     """
     Reads a checkpoint of any supported format without running code from it.
+
+    Top-level entries beside the weights that pickle Python objects other than plain data (as
+    the trainer state of Detectron2's own training does) are left out, never unpickled, and
+    named in ``skipped``; such objects among the weights make the file unsafe.
 
     Args:
         path: local path or URL of an official ``.pyth`` (``model_state``), a timm file
@@ -173,8 +265,10 @@ def read_checkpoint(
         CheckpointNotFoundError, ChecksumMismatchError, TruncatedCheckpointError,
         DamagedCheckpointError, NotACheckpointError, UnsafeCheckpointError.
     """
-    container, ckpt = _read(path, trust, sha256, timeout, lambda obj: obj)
-    return _weights_of(ckpt, path, container)
+    container, obj, skipped = _read_for_weights(path, trust, sha256, timeout)
+    ckpt = _weights_of(obj, path, container)
+    ckpt.skipped = skipped
+    return ckpt
 
 
 def nonfinite_tensors(state: Mapping[str, torch.Tensor]) -> List[str]:
@@ -202,8 +296,9 @@ def save_checkpoint(state: Mapping[str, torch.Tensor], path: str) -> None:
 
     Args:
         state: weights with the model's names (e.g. ``backbone.bottom_up.*``).
-        path: ``.pkl`` (Detectron2 model-zoo format: ``{"model": numpy arrays, "__author__"}``)
-            or ``.pth`` (``torch.save({"model": tensors})``).
+        path: ``.pkl`` (Detectron2 model-zoo format: ``{"model": numpy arrays, "__author__"}``,
+            pickle protocol 4, which Detectron2 and the plain-data reader both read) or ``.pth``
+            (``torch.save({"model": tensors})``).
 
     Raises:
         ValueError: ``path`` has another extension.
@@ -216,7 +311,7 @@ def save_checkpoint(state: Mapping[str, torch.Tensor], path: str) -> None:
             return (t.float() if t.dtype == torch.bfloat16 else t).numpy()
 
         data = {"model": {k: to_numpy(v) for k, v in state.items()}, "__author__": "mvit_det"}
-        atomic_write(path, lambda f: pickle.dump(data, f, protocol=pickle.HIGHEST_PROTOCOL))
+        atomic_write(path, lambda f: pickle.dump(data, f, protocol=_PKL_PROTOCOL))
     elif path.endswith(".pth"):
         atomic_write(path, lambda f: torch.save({"model": dict(state)}, f))
     else:
