@@ -221,11 +221,11 @@ FAULTS = [
     ),
     dict(
         name="tensorboard_not_purged",
-        what="TensorBoard events after the resumed iteration are kept",
+        what="TensorBoard events of a run killed before its first checkpoint are kept",
         file="mvit_det/engine/train_net.py",
-        old="purge_step=start_iter or None",
-        new="purge_step=None",
-        tests=["tests/test_reliability.py::test_interrupted_run_ends_as_the_uninterrupted_one"],
+        old="purge_step=start_iter if events else None",
+        new="purge_step=start_iter or None",
+        tests=["tests/test_train_resume.py::test_resumed_run_writes_the_uninterrupted_metrics"],
     ),
     dict(
         name="data_position_not_restored",
@@ -292,25 +292,117 @@ FAULTS = [
         name="unsafe_pickle_full",
         what="pickles unpickled in full without the opt-in",
         file="mvit_det/checkpoint/containers.py",
-        old='            obj = _PlainDataUnpickler(f, encoding="latin1").load()',
-        new='            obj = pickle.load(f, encoding="latin1")',
+        old="        if trust:\n            return _load_trusted(path, container)",
+        new="        if True:\n            return _load_trusted(path, container)",
         tests=["tests/test_checkpoint_safety.py::test_malicious_files_do_not_run_without_opt_in"],
     ),
     dict(
         name="torch_load_full",
-        what="torch files loaded with weights_only=False without the opt-in",
+        what="torch files unpickled in full without the opt-in",
         file="mvit_det/checkpoint/containers.py",
-        old='            return torch.load(path, map_location="cpu", weights_only=True)',
-        new='            return torch.load(path, map_location="cpu", weights_only=False)',
+        old="        return _read_torch_zip(path, refused)",
+        new='        return torch.load(path, map_location="cpu", weights_only=False)',
         tests=["tests/test_checkpoint_safety.py::test_malicious_files_do_not_run_without_opt_in"],
     ),
     dict(
         name="object_arrays_allowed",
         what="numpy arrays of Python objects allowed in plain-data pickles",
-        file="mvit_det/checkpoint/containers.py",
+        file="mvit_det/checkpoint/unpickling.py",
         old='_PLAIN_DTYPE_KINDS = "biufcSU"',
         new='_PLAIN_DTYPE_KINDS = "biufcSUO"',
         tests=["tests/test_checkpoint_safety.py::test_plain_data_loads_without_opt_in"],
+    ),
+    dict(
+        name="download_cache_ignores_host",
+        what="downloads from every host share one cache folder",
+        file="mvit_det/checkpoint/download.py",
+        old='folder = os.path.join(root, _HOSTS_FOLDER, f"{scheme}_{host}_{port}")',
+        new="folder = root",
+        tests=[
+            "tests/test_checkpoint_safety.py::test_cache_paths_stay_in_the_cache_and_apart_per_host"
+        ],
+    ),
+    dict(
+        name="download_dotdot_segments_kept",
+        what="'..' in a URL path lets a download write outside the cache",
+        file="mvit_det/checkpoint/download.py",
+        old='and all(_SEGMENT.fullmatch(s) and s not in (".", "..") for s in segments)',
+        new="and all(_SEGMENT.fullmatch(s) for s in segments)",
+        tests=[
+            "tests/test_checkpoint_safety.py::test_cache_paths_stay_in_the_cache_and_apart_per_host"
+        ],
+    ),
+    dict(
+        name="download_no_overall_deadline",
+        what="a slow-drip server keeps a download alive past its deadline",
+        file="mvit_det/checkpoint/download.py",
+        old="return feed.get(timeout=max(end - time.monotonic(), 0.0))",
+        new="return feed.get(timeout=timeout)",
+        tests=["tests/test_checkpoint_safety.py::test_slow_drip_server_fails_at_the_deadline"],
+    ),
+    dict(
+        name="download_announced_size_unchecked",
+        what="a download announcing more than the size limit is fetched anyway",
+        file="mvit_det/checkpoint/download.py",
+        old="if expected is not None and expected > max_bytes:",
+        new="if False:",
+        tests=[
+            "tests/test_checkpoint_safety.py::test_downloads_over_the_size_limit_are_refused_early"
+        ],
+    ),
+    dict(
+        name="unpickling_frombuffer_refused",
+        what="protocol-5 numpy pickles (numpy.core.numeric._frombuffer) are refused",
+        file="mvit_det/checkpoint/unpickling.py",
+        old='        "numpy.core.numeric._frombuffer": _frombuffer,',
+        new="",
+        tests=["tests/test_checkpoint_safety.py::test_numpy_arrays_of_every_pickle_protocol_load"],
+    ),
+    dict(
+        name="unpickling_array_larger_than_file",
+        what="an array whose data is not in the file is allocated anyway",
+        file="mvit_det/checkpoint/unpickling.py",
+        old="    if len(data) != needed:",
+        new="    if False:",
+        tests=[
+            "tests/test_checkpoint_safety.py::test_arrays_larger_than_the_file_are_refused_before_allocating"
+        ],
+    ),
+    dict(
+        name="unpickling_unknown_global_is_unsafe",
+        what="a damaged name in a pickle is reported as unsafe instead of damaged",
+        file="mvit_det/checkpoint/unpickling.py",
+        old="        if not _existing_global(module, name):",
+        new="        if False:",
+        tests=["tests/test_checkpoint_fuzz.py::test_damaged_files_give_weights_or_a_damage_error"],
+    ),
+    dict(
+        name="pkl_written_with_protocol_5",
+        what="converted .pkl files use a pickle protocol the safe reader and Detectron2 refuse",
+        file="mvit_det/checkpoint/io.py",
+        old="_PKL_PROTOCOL = 4",
+        new="_PKL_PROTOCOL = pickle.HIGHEST_PROTOCOL",
+        tests=[
+            "tests/test_checkpoint_safety.py::test_converter_pkl_loads_without_trust_and_in_detectron2"
+        ],
+    ),
+    dict(
+        name="objects_beside_weights_refused",
+        what="weights of a Detectron2 training checkpoint with pickled trainer objects are refused",
+        file="mvit_det/checkpoint/io.py",
+        old="    container, obj = _read(path, trust, sha256, timeout, substitute=not trust)",
+        new="    container, obj = _read(path, trust, sha256, timeout, substitute=False)",
+        tests=[
+            "tests/test_checkpoint_safety.py::test_detectron2_training_checkpoint_weights_read_without_trust"
+        ],
+    ),
+    dict(
+        name="resume_from_file_with_objects_left_out",
+        what="resume silently drops trainer state that could not be read safely",
+        file="mvit_det/checkpoint/checkpointer.py",
+        old="        if not (self._resuming_from and skipped):",
+        new="        if True:",
+        tests=["tests/test_checkpoint_safety.py::test_objects_beside_the_weights_are_left_out"],
     ),
     dict(
         name="zip_crc_unchecked",
@@ -355,6 +447,72 @@ FAULTS = [
         tests=[
             "tests/test_reliability.py::test_failed_json_report_write_keeps_the_previous_report"
         ],
+    ),
+    dict(
+        name="metrics_history_not_restored",
+        what="smoothed losses start afresh after resume (history buffers not restored)",
+        file="mvit_det/engine/trainer.py",
+        old='self._restored_history = state_dict.get("history")',
+        new="self._restored_history = None",
+        tests=["tests/test_train_resume.py::test_resumed_run_writes_the_uninterrupted_metrics"],
+    ),
+    dict(
+        name="metrics_not_trimmed_without_checkpoint",
+        what="a run killed before its first checkpoint logs its iterations twice after resume",
+        file="mvit_det/engine/train_net.py",
+        old='        _drop_metrics_after(os.path.join(cfg.train.output_dir, "metrics.json"), start_iter - 1)',
+        new='        start_iter and _drop_metrics_after(os.path.join(cfg.train.output_dir, "metrics.json"), start_iter - 1)',
+        tests=["tests/test_train_resume.py::test_resumed_run_writes_the_uninterrupted_metrics"],
+    ),
+    dict(
+        name="resume_lr_override_dropped",
+        what="a lower optimizer.lr given on --resume is dropped (the divergence advice fails)",
+        file="mvit_det/engine/train_net.py",
+        old='group["initial_lr"] = group["lr"] = wanted["lr"]',
+        new='group["lr"] = wanted["lr"]',
+        tests=["tests/test_train_resume.py::test_resuming_with_the_advised_lower_lr_uses_it"],
+    ),
+    dict(
+        name="workers_do_not_hold_the_lock",
+        what="training processes do not hold the output-folder lock",
+        file="mvit_det/engine/train_net.py",
+        old="args.output_lock = lock",
+        new="args.output_lock = None",
+        tests=[
+            "tests/test_distributed.py::test_training_processes_hold_the_lock_and_die_with_the_launcher"
+        ],
+    ),
+    dict(
+        name="infinite_lr_accepted",
+        what="optimizer.lr=inf is accepted",
+        file="mvit_det/engine/train_net.py",
+        old="and math.isfinite(lr) and lr > 0)",
+        new="and lr > 0)",
+        tests=["tests/test_train_net.py::test_usage_errors_are_clear_and_found_before_launch"],
+    ),
+    dict(
+        name="special_annotation_files_opened",
+        what="a FIFO or device given as annotation file is opened (and hangs)",
+        file="mvit_det/data/datasets.py",
+        old="        _check_file_kinds(name, json_file, image_root)\n        return",
+        new="        return",
+        tests=["tests/test_train_net.py::test_usage_errors_are_clear_and_found_before_launch"],
+    ),
+    dict(
+        name="backbone_args_not_checked_before_launch",
+        what="a bad backbone argument is found only inside the training processes",
+        file="mvit_det/engine/train_net.py",
+        old="    _check_values(cfg)\n    _check_backbone_args(cfg)\n",
+        new="    _check_values(cfg)\n",
+        tests=["tests/test_train_net.py::test_vil_backbone_arguments_are_checked_before_launch"],
+    ),
+    dict(
+        name="demo_milestones_not_scaled",
+        what="the demo's --help example (train.max_iter=300) gets milestones beyond the run",
+        file="mvit_det/tools/demo.py",
+        old="opts = args.opts + schedule_overrides(DEMO_CONFIGS[args.backbone], args.opts)",
+        new="opts = args.opts",
+        tests=["tests/test_train_resume.py::test_demo_help_example_gets_a_schedule_that_fits"],
     ),
     # ------------------------------------------------------------------ tools
     dict(

@@ -26,6 +26,7 @@ from mvit_det.data import (
     prepare_datasets,
     register_coco_dataset,
 )
+from mvit_det.data import datasets
 from mvit_det.data.shapes import shapes_dataset_files
 
 
@@ -149,6 +150,31 @@ def test_coco_dataset_content_is_checked(shapes_datasets_root, tmp_path):
     (tmp_path / "broken.json").write_text('{"images": [}')
     with pytest.raises(InvalidDatasetError, match=r"broken.json' is not valid JSON: .*line 1"):
         check_coco_dataset("ds", str(tmp_path / "broken.json"), image_root)
+
+
+def test_special_files_and_ids_are_refused(shapes_datasets_root, tmp_path, monkeypatch):
+    """FIFOs and devices are refused without being read (that would block, or never end), and
+    image ids must be integers."""
+    data, image_root, write = _copy_of_shapes_val(shapes_datasets_root, tmp_path)
+    os.mkfifo(tmp_path / "pipe")
+    opened = []
+    monkeypatch.setattr(datasets, "open", lambda *args, **kw: opened.append(args), raising=False)
+    with pytest.raises(InvalidDatasetError, match=r"'.*pipe' is a FIFO \(named pipe\), not a reg"):
+        register_coco_dataset("test_pipe_ds", str(tmp_path / "pipe"), image_root)
+    with pytest.raises(InvalidDatasetError, match="the image root '/dev/null' is a device, not a"):
+        register_coco_dataset("test_null_root_ds", write(data), "/dev/null")
+    assert opened == []
+    monkeypatch.undo()
+
+    pipe_image = dict(data, images=[dict(data["images"][0], file_name=str(tmp_path / "pipe"))])
+    with pytest.raises(InvalidDatasetError, match=r"\(1 not regular files: .*pipe\)"):
+        check_coco_dataset("ds", write(pipe_image), image_root)
+    text_refs = dict(data, annotations=[dict(data["annotations"][0], image_id="7")])
+    with pytest.raises(InvalidDatasetError, match=r"1 annotations .* image_id that is not an int"):
+        check_coco_dataset("ds", write(text_refs), image_root)
+    float_ids = dict(data, images=[dict(image, id=float(image["id"])) for image in data["images"]])
+    with pytest.raises(InvalidDatasetError, match=r"4 images .* have an id that is not an integ"):
+        check_coco_dataset("ds", write(float_ids), image_root)
 
 
 def test_training_datasets_are_checked_before_use(shapes_datasets_root, tmp_path):

@@ -13,6 +13,7 @@
 import difflib
 import json
 import os
+import stat
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Union
 
 import detectron2.data.datasets  # noqa: F401  (registers Detectron2's builtin datasets)
@@ -127,6 +128,7 @@ def _check_files(name: str, json_file: str, image_root: str) -> None:
         )
     missing = [p for p in (json_file, image_root) if p and not os.path.exists(p)]
     if not missing:
+        _check_file_kinds(name, json_file, image_root)
         return
     hint = ""
     root = datasets_root()
@@ -142,6 +144,33 @@ def _check_files(name: str, json_file: str, image_root: str) -> None:
         f"'{image_root}', but {' and '.join(repr(p) for p in missing)} "
         f"{'does' if len(missing) == 1 else 'do'} not exist.{hint}"
     )
+
+
+def _kind(path: str) -> str:
+    """What ``path`` is, for messages about files that are neither regular files nor folders."""
+    mode = os.stat(path).st_mode
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
+
+
+def _check_file_kinds(name: str, json_file: str, image_root: str) -> None:
+    """The annotation file must be a regular file (reading a FIFO or a device such as /dev/zero
+    would block or never end) and the image root a folder."""
+    if json_file and not os.path.isfile(json_file):
+        raise InvalidDatasetError(
+            f"Dataset '{name}': the annotation file '{json_file}' is {_kind(json_file)}, not a "
+            "regular file; give the COCO JSON file itself."
+        )
+    if image_root and not os.path.isdir(image_root):
+        raise InvalidDatasetError(
+            f"Dataset '{name}': the image root '{image_root}' is {_kind(image_root)}, not a "
+            "folder; give the folder that the JSON's file_name entries are relative to."
+        )
 
 
 def _listing(items: Sequence[Any]) -> str:
@@ -209,18 +238,37 @@ def check_coco_dataset(
             f"({_listing([c.get('name') for c in categories])}) but the model predicts "
             f"{num_classes} classes; set model.roi_heads.num_classes={len(categories)}."
         )
-    missing, empty = [], []
+    ids = [image.get("id") for image in data["images"]]
+    not_ints = [i for i in ids if isinstance(i, bool) or not isinstance(i, int)]
+    if not_ints:
+        raise InvalidDatasetError(
+            f"Dataset '{name}': {len(not_ints)} images in '{json_file}' have an id that is not an "
+            f"integer ({_listing([repr(i) for i in not_ints])}); COCO image ids are integers, "
+            "and annotations refer to them by image_id."
+        )
+    image_ids = [a.get("image_id") for a in data["annotations"]]
+    bad_refs = [i for i in image_ids if isinstance(i, bool) or not isinstance(i, int)]
+    if bad_refs:
+        raise InvalidDatasetError(
+            f"Dataset '{name}': {len(bad_refs)} annotations in '{json_file}' have an image_id "
+            f"that is not an integer ({_listing([repr(i) for i in bad_refs])})."
+        )
+    missing, empty, special = [], [], []
     for image in data["images"]:
         path = os.path.join(image_root, image.get("file_name", ""))
-        if not os.path.isfile(path):
+        if not os.path.exists(path):
             missing.append(path)
+        elif not os.path.isfile(path):
+            special.append(path)  # a folder, FIFO or device: reading it fails or never ends
         elif os.path.getsize(path) == 0:
             empty.append(path)
-    if missing or empty:
+    if missing or empty or special:
         problems = [f"{len(missing)} missing: {_listing(missing)}"] * bool(missing)
+        problems += [f"{len(special)} not regular files: {_listing(special)}"] * bool(special)
         problems += [f"{len(empty)} empty (0 bytes): {_listing(empty)}"] * bool(empty)
+        count = len(missing) + len(empty) + len(special)
         raise InvalidDatasetError(
-            f"Dataset '{name}': {len(missing) + len(empty)} of the {len(data['images'])} images "
+            f"Dataset '{name}': {count} of the {len(data['images'])} images "
             f"listed in '{json_file}' cannot be read under '{image_root}' ({'; '.join(problems)})."
         )
     annotations = data["annotations"]
@@ -306,6 +354,7 @@ def prepare_datasets(
         UnknownDatasetError: for an unregistered name (with the closest registered names).
         DatasetFilesNotFoundError: naming the files that were expected and where.
         InvalidDatasetError: for unusable annotation files or images.
+        LVISNotInstalledError: for an LVIS dataset when the ``lvis`` package is missing.
     """
     registered = DatasetCatalog.list()
     for name in names:
@@ -325,6 +374,9 @@ def prepare_datasets(
         json_file, image_root = meta.get("json_file", ""), meta.get("image_root", "")
         if json_file or image_root:
             _check_files(name, json_file, image_root)
+        from .lvis import require_lvis_api  # (imports this module)
+
+        require_lvis_api(name)
         if name in _CUSTOM_DATASETS and check_content:
             check_coco_dataset(
                 name,

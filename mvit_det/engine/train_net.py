@@ -5,24 +5,35 @@ The command line is Detectron2's (``--config-file``, ``--num-gpus``, ``--num-mac
 overrides) plus batch scaling (``--auto-scale``, ``--scale-batch-size``), gradient accumulation
 (``--grad-accumulation``), custom datasets (``--register-coco``) and ``--trust-checkpoint``.
 
-The config, the overrides and the datasets are checked before any process is started; a
-problem gives one ``error:`` line and exit status 2. Training locks ``train.output_dir`` against
-a second run, writes checkpoints atomically as plain data, never saves diverged (NaN/Inf)
-weights, and resumes exactly: the data position and the random streams continue where the
-checkpoint left them.
+The config, the overrides, the backbone's arguments and the datasets are checked before any
+process is started; a problem gives one ``error:`` line and exit status 2. Training locks
+``train.output_dir`` against a second run (the training processes hold the lock with the
+launcher, and die with it), writes checkpoints atomically as plain data, never saves diverged
+(NaN/Inf) weights, and resumes exactly: the data position, the random streams and the smoothed
+metrics continue where the checkpoint left them, and an ``optimizer.lr`` given on resuming
+replaces the checkpoint's. A log, ``metrics.json`` or checkpoint that cannot be written (a full
+disk) ends the run with one ``error:`` line naming the file, exit status 2.
 """
 
 import argparse
 import copy
+import ctypes
+import fcntl
+import functools
+import inspect
 import json
 import logging
+import math
 import os
+import signal
 import sys
+import threading
 import warnings
 from collections import OrderedDict
 from contextlib import ExitStack, contextmanager, nullcontext
 from logging.handlers import BufferingHandler
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from multiprocessing import reduction
+from typing import IO, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from detectron2.config import LazyConfig, instantiate
@@ -32,9 +43,10 @@ from detectron2.engine import launch
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from detectron2.utils.events import CommonMetricPrinter, JSONWriter, TensorboardXWriter
+from detectron2.utils.events import get_event_storage
 from detectron2.utils.logger import setup_logger
 from detectron2.utils.registry import locate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch.multiprocessing import ProcessExitedException
 
 from ..checkpoint import CheckpointError, MViTCheckpointer
@@ -46,17 +58,21 @@ from ..data import (
     register_datasets_from_config,
 )
 from ..model_zoo import resolve_config_file
-from ..utils.file_io import FileLockedError, atomic_write, file_lock, remove_stale_temp_files
+from ..modeling.backbone.mvit import MViT, check_mvit_args
+from ..modeling.backbone.vil import ViL, check_vil_args
+from ..utils.file_io import FileLockedError, atomic_write, remove_stale_temp_files
 from .overrides import ConfigOverrideError, apply_overrides_checked
 from .scaling import auto_scale_recipe, micro_batch_size, scale_recipe
 from .train_loader import DataLoadingError, ResumableTrainLoader
 from .trainer import AccumulationTrainer
 
 __all__ = [
+    "OutputLock",
     "UsageError",
     "build_argument_parser",
     "load_config",
     "setup",
+    "scaled_milestones",
     "training_output_dir",
     "build_train_loader",
     "do_train",
@@ -90,6 +106,12 @@ _MINIMUM_INTEGERS = {
     "train.grad_accumulation": 1,
 }
 AMP_PRECISIONS = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+# Backbones whose arguments are checked before any process starts, with their checks.
+_BACKBONE_CHECKS: Dict[Any, Callable[..., Any]] = {MViT: check_mvit_args, ViL: check_vil_args}
+# Loggers whose handlers write the run's log files (Detectron2's default_setup and ours).
+_LOGGERS = ("fvcore", "detectron2", "mvit_det")
+# linux/prctl.h: the signal a process receives when its parent ends.
+_PR_SET_PDEATHSIG = 1
 # Arguments of build_detection_train_loader that ResumableTrainLoader takes over.
 _RESUMABLE_LOADER_ARGS = {
     "_target_",
@@ -184,13 +206,90 @@ def _check_values(cfg: DictConfig) -> None:
         ):
             raise UsageError(f"{key} must be an integer >= {minimum}, got {value!r}.")
     lr = OmegaConf.select(cfg, "optimizer.lr", default=None)
-    if lr is not None and (not isinstance(lr, (int, float)) or isinstance(lr, bool) or lr <= 0):
-        raise UsageError(f"optimizer.lr must be a positive number, got {lr!r}.")
+    if lr is not None and not (_is_number(lr) and math.isfinite(lr) and lr > 0):
+        finite = not _is_number(lr) or math.isfinite(lr)
+        raise UsageError(
+            f"optimizer.lr must be a positive number, got {lr!r}"
+            + ("." if finite else ", which is not finite.")
+        )
+    for key in ("optimizer.weight_decay", "optimizer.params.weight_decay_norm"):
+        decay = OmegaConf.select(cfg, key, default=None)
+        if decay is not None and not (_is_number(decay) and math.isfinite(decay) and decay >= 0):
+            raise UsageError(f"{key} must be a finite number >= 0, got {decay!r}.")
+    warmup = OmegaConf.select(cfg, "lr_multiplier.warmup_length", default=None)
+    if warmup is not None and not (_is_number(warmup) and 0 <= warmup <= 1):
+        max_iter = cfg.train.max_iter
+        raise UsageError(
+            f"lr_multiplier.warmup_length={warmup!r} is the warmup's fraction of the schedule and "
+            f"must be in [0, 1]"
+            + (
+                f": {warmup * max_iter:g} warmup iterations do not fit train.max_iter={max_iter}"
+                if _is_number(warmup) and warmup > 1
+                else ""
+            )
+            + f". For N warmup iterations set lr_multiplier.warmup_length=N/{max_iter} (e.g. "
+            f"{min(250, max_iter) / max_iter:.4g})."
+        )
     precision = cfg.train.get("amp", {}).get("precision", "float16")
     if precision not in AMP_PRECISIONS:
         raise UsageError(
             f"train.amp.precision must be one of {', '.join(AMP_PRECISIONS)}, got {precision!r}."
         )
+
+
+def _is_number(value: Any) -> bool:
+    """An int or float, not a bool."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _lazy_nodes(node: Any, key: str) -> Iterator[Tuple[str, DictConfig]]:
+    """The ``L(...)`` nodes (those with a ``_target_``) under ``node``, with their keys."""
+    if isinstance(node, DictConfig):
+        if "_target_" in node:
+            yield key, node
+        for name in node.keys():
+            if not OmegaConf.is_interpolation(node, name):
+                yield from _lazy_nodes(node.get(name), f"{key}.{name}")
+    elif isinstance(node, ListConfig):
+        for i, item in enumerate(node):
+            yield from _lazy_nodes(item, f"{key}.{i}")
+
+
+def _check_backbone_args(cfg: DictConfig) -> None:
+    """Runs the argument checks of the config's MViT and ViL backbones, without building them.
+
+    Raises:
+        UsageError: naming the config node and the argument at fault.
+    """
+    for key, node in _lazy_nodes(cfg.get("model"), "model"):
+        target = node._target_
+        try:
+            target = locate(target) if isinstance(target, str) else target
+        except Exception:
+            continue  # Detectron2's instantiate reports it
+        check = _BACKBONE_CHECKS.get(target)
+        if check is None:
+            continue
+        try:
+            values = OmegaConf.to_container(node, resolve=True)
+            values.pop("_target_")
+            arguments = inspect.signature(target).bind(**values)
+        except Exception:
+            continue  # an argument the backbone does not take: instantiate names it
+        arguments.apply_defaults()
+        accepted = inspect.signature(check).parameters
+        try:
+            check(**{k: v for k, v in arguments.arguments.items() if k in accepted})
+        except (TypeError, ValueError) as e:
+            raise UsageError(f"{key} ({target.__name__}): {e}.") from None
+
+
+def _build_model(cfg: DictConfig) -> torch.nn.Module:
+    """``cfg.model``, built; an argument the model refuses is a :class:`UsageError`."""
+    try:
+        return instantiate(cfg.model)
+    except ValueError as e:
+        raise UsageError(f"cannot build the model of the config (model): {e}") from None
 
 
 def load_config(args: argparse.Namespace, world_size: int = 1) -> DictConfig:
@@ -204,12 +303,18 @@ def load_config(args: argparse.Namespace, world_size: int = 1) -> DictConfig:
     Raises:
         UsageError: naming the config key or option at fault.
     """
-    cfg = LazyConfig.load(_resolve_config_file(args.config_file))
+    # A shipped name (e.g. published/mask_rcnn_mvitv2_t_3x.py) becomes its file, also for
+    # Detectron2's default_setup, which logs the file's contents.
+    args.config_file = _resolve_config_file(args.config_file)
+    cfg = LazyConfig.load(args.config_file)
+    recipe_max_iter = OmegaConf.select(cfg, "train.max_iter", default=None)
+    recipe_milestones = OmegaConf.select(cfg, "lr_multiplier.scheduler.milestones", default=None)
     try:
         apply_overrides_checked(cfg, args.opts)
     except ConfigOverrideError as e:
         raise UsageError(str(e)) from None
     _check_values(cfg)
+    _check_backbone_args(cfg)
     try:
         if args.auto_scale:
             auto_scale_recipe(cfg, world_size)
@@ -230,9 +335,17 @@ def load_config(args: argparse.Namespace, world_size: int = 1) -> DictConfig:
     except ValueError as e:
         message = str(e)
         if "multiple of" not in message:
+            scaled = scaled_milestones(recipe_milestones, recipe_max_iter, cfg.train.max_iter)
             message = (
                 f"The LR schedule does not fit train.max_iter={cfg.train.max_iter}: {e}. Set "
-                "lr_multiplier.scheduler.milestones (iterations below train.max_iter) with it."
+                "lr_multiplier.scheduler.milestones (iterations below train.max_iter) with it"
+                + (
+                    f", e.g. lr_multiplier.scheduler.milestones=[{','.join(map(str, scaled))}] "
+                    f"(the recipe's {list(recipe_milestones)} of {recipe_max_iter} iterations, "
+                    "scaled)."
+                    if scaled
+                    else "."
+                )
             )
         raise UsageError(message) from None
     if not torch.cuda.is_available() and str(cfg.train.get("device", "cuda")).startswith("cuda"):
@@ -243,6 +356,26 @@ def load_config(args: argparse.Namespace, world_size: int = 1) -> DictConfig:
         cfg.train.device = "cpu"
         cfg.train.amp.enabled = False
     return cfg
+
+
+def scaled_milestones(milestones: Any, max_iter: Any, new_max_iter: int) -> Optional[List[int]]:
+    """LR milestones of a schedule of ``max_iter`` iterations, scaled to ``new_max_iter``; None
+    when they cannot be scaled (not a list of iterations, or not below ``new_max_iter`` once
+    scaled).
+
+    Args:
+        milestones: the recipe's milestones.
+        max_iter: the recipe's number of iterations.
+        new_max_iter: the new number of iterations.
+    """
+    if not (isinstance(milestones, (list, tuple, ListConfig)) and milestones):
+        return None
+    if not (_is_number(max_iter) and max_iter > 0 and all(_is_number(m) for m in milestones)):
+        return None
+    scaled = [max(1, round(m * new_max_iter / max_iter)) for m in milestones]
+    if any(b <= a for a, b in zip(scaled, scaled[1:])) or scaled[-1] >= new_max_iter:
+        return None
+    return scaled
 
 
 def _register_datasets(cfg: DictConfig, args: argparse.Namespace, check_content: bool) -> None:
@@ -290,29 +423,326 @@ def _held_log_records(name: str = "mvit_det") -> Iterator[List[logging.LogRecord
         log.propagate = saved[1]
 
 
+def _write_error(path: str, error: OSError) -> OSError:
+    """``error`` (a failed write) as an OSError naming ``path``, as atomic writes report it."""
+    return OSError(error.errno, f"cannot write {path!r}: {error.strerror or error}")
+
+
+def _discard_writes(stream: IO) -> None:
+    """Points the descriptor of a file whose writes fail at the null device, so that its pending
+    data, later writes and closing it (at exit) no longer fail."""
+    try:
+        fd = stream.fileno()
+        null = os.open(os.devnull, os.O_WRONLY)
+    except (OSError, ValueError):
+        return
+    try:
+        os.dup2(null, fd)
+    finally:
+        os.close(null)
+
+
+class _LogFileErrors:
+    """Failed writes of the run's log files (a full disk): the first is kept and raised by
+    :meth:`check` as an OSError naming the file; the file's later writes are discarded."""
+
+    def __init__(self) -> None:
+        self.error: Optional[OSError] = None
+        self._handlers: Dict[logging.Handler, str] = {}
+
+    def watch(self, output_dir: str) -> None:
+        """Watches the handlers of :data:`_LOGGERS` that write files in ``output_dir``.
+
+        Args:
+            output_dir: the run's ``train.output_dir``.
+        """
+        self.error = None
+        self._handlers = {}
+        folder = os.path.abspath(output_dir)
+        for name in _LOGGERS:
+            for handler in logging.getLogger(name).handlers:
+                path = getattr(getattr(handler, "stream", None), "name", None)
+                if isinstance(path, str) and os.path.dirname(os.path.abspath(path)) == folder:
+                    self._handlers[handler] = path
+                    handler.handleError = functools.partial(self._failed, handler)
+
+    def _failed(self, handler: logging.Handler, record: logging.LogRecord) -> None:
+        """``handleError`` of the watched handlers."""
+        error = sys.exc_info()[1]
+        if handler not in self._handlers or not isinstance(error, OSError):
+            logging.Handler.handleError(handler, record)
+            return
+        self._fail(handler, error)
+
+    def _fail(self, handler: logging.Handler, error: OSError) -> None:
+        if self.error is None:
+            self.error = _write_error(self._handlers[handler], error)
+        _discard_writes(handler.stream)
+
+    def check(self) -> None:
+        """Flushes the watched log files.
+
+        Raises:
+            OSError: a write failed, naming the file and the errno.
+        """
+        for handler in list(self._handlers):
+            try:
+                handler.flush()
+            except OSError as e:
+                self._fail(handler, e)
+        if self.error is not None:
+            raise self.error
+
+
+_LOG_FILES = _LogFileErrors()
+
+
+@contextmanager
+def _log_errors_deferred() -> Iterator[None]:
+    """Keeps the logging module from printing a traceback for every record it fails to write
+    while the log files are opened; :meth:`_LogFileErrors.check` reports the failure."""
+    saved = logging.raiseExceptions
+    logging.raiseExceptions = False
+    try:
+        yield
+    finally:
+        logging.raiseExceptions = saved
+
+
+class _OneLineKnownErrors(logging.Filter):
+    """Detectron2's trainer logs "Exception during training:" with a traceback; for the errors
+    that end the run with an ``error:`` line, the log gets that line instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if error is not None and _exit_status(error) is not None:
+            record.msg = f"{record.getMessage()} {type(error).__name__}: {error}"
+            record.args, record.exc_info, record.exc_text = (), None, None
+        return True
+
+
+logging.getLogger("detectron2.engine.train_loop").addFilter(_OneLineKnownErrors())
+
+
+class _CheckedJSONWriter(JSONWriter):
+    """Detectron2's metrics.json writer; a failed write raises one OSError naming the file,
+    and the writer writes nothing more."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.path = path
+        self.failed = False
+
+    def write(self) -> None:
+        if self.failed:
+            return
+        try:
+            super().write()
+        except OSError as e:
+            self.failed = True
+            _discard_writes(self._file_handle)
+            raise _write_error(self.path, e) from None
+
+
+def _quiet_event_writer_thread(args: Any, previous: Callable[[Any], None]) -> None:
+    """``threading.excepthook`` that leaves out the traceback of TensorBoard's writing thread
+    when it fails to write (the training thread raises that error again, naming the file)."""
+    if isinstance(args.exc_value, OSError) and type(args.thread).__name__ == "_AsyncWriterThread":
+        return
+    previous(args)
+
+
+class _CheckedTensorboardWriter(TensorboardXWriter):
+    """Detectron2's TensorBoard writer; a failed write raises one OSError naming the events
+    file, and the writer writes nothing more."""
+
+    def __init__(self, log_dir: str, **kwargs: Any) -> None:
+        super().__init__(log_dir, **kwargs)
+        self.log_dir = log_dir
+        self.failed = False
+        if getattr(threading.excepthook, "func", None) is not _quiet_event_writer_thread:
+            threading.excepthook = functools.partial(
+                _quiet_event_writer_thread, previous=threading.excepthook
+            )
+
+    def _events_file(self) -> str:
+        writer = self.__dict__.get("_writer")  # created on the first write
+        event_writer = getattr(getattr(writer, "file_writer", None), "event_writer", None)
+        return getattr(event_writer, "_file_name", f"{self.log_dir}/events.out.tfevents.*")
+
+    def write(self) -> None:
+        if self.failed:
+            return
+        try:
+            super().write()
+        except OSError as e:
+            self.failed = True
+            raise _write_error(self._events_file(), e) from None
+
+    def close(self) -> None:
+        try:
+            super().close()
+        except OSError as e:
+            if not self.failed:
+                raise _write_error(self._events_file(), e) from None
+
+
+class _MetricPrinter(CommonMetricPrinter):
+    """Detectron2's console and log printer of losses, LR and ETA, which prints each iteration at
+    most once (after an error, the writers write again when training ends, at the same
+    iteration, where Detectron2's ETA estimate would divide by zero)."""
+
+    def __init__(self, max_iter: int) -> None:
+        super().__init__(max_iter)
+        self._printed: Optional[int] = None  # the iteration printed last
+
+    def write(self) -> None:
+        iteration = get_event_storage().iter
+        if self._printed == iteration:
+            return
+        super().write()
+        self._printed = iteration
+
+
+class _RaiseWriteErrors(hooks.HookBase):
+    """Ends training at the end of the iteration in which a log file could not be written."""
+
+    def after_step(self) -> None:
+        _LOG_FILES.check()
+
+
 def setup(args: argparse.Namespace) -> DictConfig:
     """Config, logging, output folder and datasets of one training process.
 
     Args:
         args: parsed command line.
+
+    Raises:
+        UsageError: for the config, the overrides or the datasets.
+        OSError: the log file cannot be written.
     """
     with _held_log_records() as records:
         cfg = load_config(args, comm.get_world_size())
-    default_setup(cfg, args)
-    setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="mvit_det")
+    with _log_errors_deferred():
+        default_setup(cfg, args)
+        setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="mvit_det")
+    _LOG_FILES.watch(cfg.train.output_dir)
+    _LOG_FILES.check()
     for record in records:  # e.g. "Scaled the recipe ..."
         logging.getLogger(record.name).handle(record)
     _register_datasets(cfg, args, check_content=not getattr(args, "datasets_checked", False))
     return cfg
 
 
+def _die_with_parent() -> None:
+    """Asks the kernel to kill this process (SIGKILL) when its parent process ends (Linux;
+    elsewhere nothing happens). This replaces the SIGINT that torch's process launcher asks for,
+    on which a training process would still run its hooks' final writes."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+class OutputLock:
+    """The lock of a training output folder: an open description of its lock file holding an
+    exclusive ``flock``.
+
+    A training process started by the launcher receives a duplicate of the descriptor when the
+    lock is passed to it (pickled while the process is spawned), so the lock is held until the
+    launcher and every such process have ended. :meth:`join` makes such a process record its id
+    in the lock file and die with the launcher, at once (SIGKILL).
+
+    Args:
+        path: the lock file.
+        fd: the descriptor holding the lock.
+        launcher: process id of the process that took the lock.
+    """
+
+    def __init__(self, path: str, fd: int, launcher: int) -> None:
+        self.path = path
+        self.fd = fd
+        self.launcher = launcher
+
+    def __repr__(self) -> str:
+        return f"OutputLock({self.path!r}, launcher={self.launcher})"
+
+    def __reduce__(self) -> Tuple[Callable[..., "OutputLock"], Tuple[Any, ...]]:
+        # While a process is spawned, DupFd hands the descriptor itself to the new process.
+        return (_received_lock, (self.path, reduction.DupFd(self.fd), self.launcher))
+
+    def join(self) -> None:
+        """In a process started by the launcher: dies with the launcher (killed by the kernel
+        when it ends, on Linux) and adds this process's id to the lock file. Nothing in the
+        launcher itself."""
+        if os.getpid() == self.launcher:
+            return
+        _die_with_parent()
+        if os.getppid() != self.launcher:  # the launcher ended before the request above
+            os._exit(1)
+        os.write(self.fd, f" {os.getpid()}".encode())
+
+
+def _received_lock(path: str, descriptor: Any, launcher: int) -> OutputLock:
+    """Unpickles an :class:`OutputLock` in the process it was passed to."""
+    fd = descriptor.detach()
+    os.set_inheritable(fd, False)
+    return OutputLock(path, fd, launcher)
+
+
 @contextmanager
-def training_output_dir(path: str) -> Iterator[None]:
+def _locked(path: str) -> Iterator[OutputLock]:
+    """Holds an exclusive ``flock`` on ``path`` (created if absent), which records the holder's
+    process id, while the block runs.
+
+    The lock is released when the block ends, unless it ends by an interruption (Ctrl-C, exit):
+    then this process only closes its descriptor, and processes it passed the lock to keep it
+    until they end.
+
+    Raises:
+        FileLockedError: another process holds the lock.
+    """
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            raise FileLockedError(path, f.read().strip()) from None
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        release = True
+        try:
+            yield OutputLock(path, f.fileno(), os.getpid())
+        except BaseException as e:
+            release = isinstance(e, Exception)
+            raise
+        finally:
+            if release:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def _holders(text: str) -> str:
+    """'process 12' or 'processes 12, 13, 14' from the ids in a lock file."""
+    ids = text.split() or ["?"]
+    return f"process {ids[0]}" if len(ids) == 1 else f"processes {', '.join(ids)}"
+
+
+@contextmanager
+def training_output_dir(path: str) -> Iterator[OutputLock]:
     """Creates ``path``, locks it against a second training run for the duration of the block,
     and removes the temporary files of writes killed earlier.
 
     Args:
         path: the run's ``train.output_dir``.
+
+    Returns:
+        the lock, to pass to the training processes (``args.output_lock``), which then hold it
+        too.
 
     Raises:
         UsageError: the folder cannot be created or written, or another run holds it.
@@ -320,11 +750,11 @@ def training_output_dir(path: str) -> Iterator[None]:
     with ExitStack() as stack:
         try:
             os.makedirs(path, exist_ok=True)
-            stack.enter_context(file_lock(os.path.join(path, _LOCK_FILE), blocking=False))
+            lock = stack.enter_context(_locked(os.path.join(path, _LOCK_FILE)))
         except FileLockedError as e:
             raise UsageError(
                 f"the output directory {path!r} (train.output_dir) is in use by another training "
-                f"run (process {e.holder or '?'}); wait for it to end, stop it, or choose another "
+                f"run ({_holders(e.holder)}); wait for it to end, stop it, or choose another "
                 "train.output_dir"
             ) from None
         except OSError as e:
@@ -334,7 +764,7 @@ def training_output_dir(path: str) -> Iterator[None]:
         removed = remove_stale_temp_files(path)
         if removed:
             logger.info(f"Removed {len(removed)} temporary files of interrupted writes in {path}")
-        yield
+        yield lock
 
 
 def do_test(cfg: DictConfig, model: torch.nn.Module) -> Dict[str, Any]:
@@ -410,7 +840,8 @@ def _wrap_ddp(model: torch.nn.Module, **ddp_options: Any) -> torch.nn.Module:
 
 def _drop_metrics_after(path: str, iteration: int) -> None:
     """Removes the records of iterations after ``iteration`` (and any cut-off last line) from a
-    metrics.json that an interrupted run wrote, so that the resumed run does not repeat them."""
+    metrics.json that an earlier run wrote, so that a run starting at ``iteration + 1`` does not
+    repeat them (-1 removes them all)."""
     if not os.path.isfile(path):
         return
     with open(path) as f:
@@ -425,6 +856,62 @@ def _drop_metrics_after(path: str, iteration: int) -> None:
             kept.append(line)
     if len(kept) != len(lines):
         atomic_write(path, lambda f: f.write("".join(line + "\n" for line in kept).encode()))
+
+
+def _hyperparameters(optimizer: torch.optim.Optimizer) -> List[Dict[str, Any]]:
+    """The settings of each parameter group (LR, weight decay, ...), without the parameters."""
+    return [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+
+
+def _comparable(value: Any) -> Any:
+    """Numbers and sequences of numbers as tuples of floats; None for other values."""
+    values = value if isinstance(value, (list, tuple)) else [value]
+    if not values or not all(_is_number(v) for v in values):
+        return None
+    return tuple(float(v) for v in values)
+
+
+def _use_configured_hyperparameters(
+    optimizer: torch.optim.Optimizer,
+    configured: List[Dict[str, Any]],
+    lr: Any,
+    start_iter: int,
+) -> None:
+    """After resuming, gives the optimizer the LR and the other numeric settings of the config
+    (``optimizer.lr``, ``optimizer.weight_decay``, ...) where they differ from the checkpoint's,
+    and logs what changed. The LR schedule then continues from the config's base LRs.
+
+    Args:
+        optimizer: the optimizer, with the checkpoint's state loaded.
+        configured: :func:`_hyperparameters` of the optimizer as the config built it.
+        lr: the config's ``optimizer.lr``, for the log.
+        start_iter: the first iteration of the resumed run, for the log.
+    """
+    lr_changes: Dict[int, Tuple[float, float]] = {}
+    other_changes: Dict[str, Tuple[Any, Any]] = {}
+    for i, (group, wanted) in enumerate(zip(optimizer.param_groups, configured)):
+        saved = group.get("initial_lr", group["lr"])  # the base LR the schedule multiplies
+        if saved != wanted["lr"]:
+            lr_changes[i] = (saved, wanted["lr"])
+            group["initial_lr"] = group["lr"] = wanted["lr"]
+        for key, value in wanted.items():
+            if key in ("lr", "initial_lr") or _comparable(value) is None:
+                continue
+            if _comparable(group.get(key)) != _comparable(value):
+                other_changes.setdefault(key, (group.get(key), value))
+                group[key] = value
+    if lr_changes:
+        main_group = hooks.LRScheduler.get_best_param_group_id(optimizer)
+        old, new = lr_changes.get(main_group, next(iter(lr_changes.values())))
+        logger.warning(
+            f"optimizer.lr={lr} replaces the LR the checkpoint was trained with: from iteration "
+            f"{start_iter} on, the LR schedule continues from the base LR {new:g} instead of "
+            f"{old:g} ({len(lr_changes)} of {len(optimizer.param_groups)} parameter groups)."
+        )
+    for key, (old, new) in other_changes.items():
+        logger.warning(
+            f"The optimizer's {key} of this run's config, {new}, replaces the checkpoint's {old}."
+        )
 
 
 def do_train(
@@ -444,17 +931,24 @@ def do_train(
     Returns:
         the results of the last evaluation.
 
+    Resuming restores the checkpoint's optimizer state, except for its settings: the LR (the
+    schedule continues from the config's ``optimizer.lr``), the weight decay and the other
+    numeric settings are the config's.
+
     Raises:
-        UsageError: the checkpoint cannot be loaded, or the batch does not split.
+        UsageError: the model or the checkpoint cannot be loaded, or the batch does not split.
         FloatingPointError: training diverged; the message names the last good checkpoint.
+        OSError: a checkpoint, the log, metrics.json or the TensorBoard events cannot be
+            written; the message names the file.
     """
     if model is None:
-        model = instantiate(cfg.model)
+        model = _build_model(cfg)
         logger.info(f"Model:\n{model}")
         model.to(cfg.train.device)
 
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)
+    configured = _hyperparameters(optimizer)  # before a checkpoint replaces them
 
     accumulation = int(cfg.train.get("grad_accumulation", 1))
     try:
@@ -491,11 +985,13 @@ def do_train(
     if not comm.is_main_process():
         # Every rank takes part in collecting the state; the main process writes and prunes.
         checkpoint_options["max_to_keep"] = None
+    # After each iteration, in this order: its evaluation, its metrics line, then its
+    # checkpoint, so that a checkpoint never exists without its iteration's evaluation and line
+    # (a run resumed from it does not repeat them).
     trainer.register_hooks(
         [
             hooks.IterationTimer(),
             hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
-            hooks.PeriodicCheckpointer(checkpointer, **checkpoint_options),
             hooks.EvalHook(cfg.train.eval_period, evaluate),
         ]
     )
@@ -506,18 +1002,25 @@ def do_train(
     start_iter = trainer.iter + 1 if resume and checkpointer.has_checkpoint() else 0
     if start_iter:
         logger.info(f"Resuming from iteration {start_iter}")
+        _use_configured_hyperparameters(optimizer, configured, cfg.optimizer.lr, start_iter)
     if comm.is_main_process():
-        metrics = os.path.join(cfg.train.output_dir, "metrics.json")
-        if start_iter:
-            _drop_metrics_after(metrics, start_iter - 1)
+        # Records of the iterations this run makes, left by an earlier run, are removed.
+        _drop_metrics_after(os.path.join(cfg.train.output_dir, "metrics.json"), start_iter - 1)
+        events = [f for f in os.listdir(cfg.train.output_dir) if f.startswith("events.out.")]
         writers = [
-            CommonMetricPrinter(cfg.train.max_iter),
-            JSONWriter(metrics),
-            TensorboardXWriter(cfg.train.output_dir, purge_step=start_iter or None),
+            _MetricPrinter(cfg.train.max_iter),
+            _CheckedJSONWriter(os.path.join(cfg.train.output_dir, "metrics.json")),
+            _CheckedTensorboardWriter(
+                cfg.train.output_dir, purge_step=start_iter if events else None
+            ),
         ]
         trainer.register_hooks([hooks.PeriodicWriter(writers, period=cfg.train.log_period)])
+    trainer.register_hooks(
+        [_RaiseWriteErrors(), hooks.PeriodicCheckpointer(checkpointer, **checkpoint_options)]
+    )
     try:
         trainer.train(start_iter, cfg.train.max_iter)
+        _LOG_FILES.check()
     except FloatingPointError as e:
         if str(e).startswith("not saving"):
             raise  # the checkpointer's message already names the last good checkpoint
@@ -553,14 +1056,16 @@ def main(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
         return do_train(cfg, resume=args.resume, trust_checkpoint=trust)
     if not cfg.train.init_checkpoint:
         logger.warning("--eval-only without train.init_checkpoint evaluates a random model.")
-    model = instantiate(cfg.model)
+    model = _build_model(cfg)
     model.to(cfg.train.device)
     model = _wrap_ddp(model)
     try:
         MViTCheckpointer(model, trust=trust).load(cfg.train.init_checkpoint)
     except CheckpointError as e:
         raise UsageError(str(e)) from None
-    return do_test(cfg, model)
+    results = do_test(cfg, model)
+    _LOG_FILES.check()
+    return results
 
 
 def _exit_status(error: BaseException) -> Optional[int]:
@@ -575,7 +1080,11 @@ def _exit_status(error: BaseException) -> Optional[int]:
 
 def _main_reporting_errors(args: argparse.Namespace) -> None:
     """:func:`main` for :func:`run_cli`: a known error prints one ``error:`` line and exits the
-    process with its status (a spawned process's status reaches the parent)."""
+    process with its status (a spawned process's status reaches the parent). A process started
+    by the launcher first joins the output folder's lock (``args.output_lock``)."""
+    lock = getattr(args, "output_lock", None)
+    if lock is not None:
+        lock.join()
     try:
         main(args)
     except Exception as e:
@@ -597,6 +1106,18 @@ def run_cli(argv: Optional[Sequence[str]] = None) -> int:
         the process exit status: 0, 1 when training diverged, 2 for usage, data and file errors.
     """
     args = build_argument_parser().parse_args(argv)
+    counts = [("--num-gpus", args.num_gpus), ("--num-machines", args.num_machines)]
+    for option, value in counts:
+        if value < 1:
+            print(f"error: {option} must be a positive integer, got {value}", file=sys.stderr)
+            return 2
+    if not 0 <= args.machine_rank < args.num_machines:
+        print(
+            f"error: --machine-rank must be in [0, {args.num_machines - 1}] for "
+            f"--num-machines {args.num_machines}, got {args.machine_rank}",
+            file=sys.stderr,
+        )
+        return 2
     if not torch.cuda.is_available() and args.num_gpus > 1:
         warnings.warn(
             f"CUDA is not available: running {args.num_gpus} training processes on the CPU "
@@ -614,7 +1135,9 @@ def run_cli(argv: Optional[Sequence[str]] = None) -> int:
         _register_datasets(cfg, args, check_content=True)
         args.datasets_checked = True
         owns_output = not args.eval_only and args.machine_rank == 0
-        with training_output_dir(cfg.train.output_dir) if owns_output else nullcontext():
+        with training_output_dir(cfg.train.output_dir) if owns_output else nullcontext() as lock:
+            if world_size > 1:  # the processes started here hold the lock too
+                args.output_lock = lock
             launch(
                 _main_reporting_errors,
                 args.num_gpus,

@@ -8,13 +8,61 @@ from typing import Any, Dict, Iterable, Optional
 import torch
 from detectron2.engine import SimpleTrainer
 from detectron2.utils import comm
+from detectron2.utils.events import EventStorage
+from fvcore.common.history_buffer import HistoryBuffer
 from torch.nn.parallel import DistributedDataParallel
 
 from .train_loader import ITERATION_SEED_KEY, derive_seed, seed_all
 
-__all__ = ["AccumulationTrainer"]
+__all__ = ["AccumulationTrainer", "HISTORY_KEPT"]
 
 logger = logging.getLogger(__name__)
+
+# The newest values of each scalar that a checkpoint keeps: Detectron2's writers smooth over the
+# last 20 iterations and estimate the remaining time over the last 1000.
+HISTORY_KEPT = 1000
+
+
+def history_state(storage: EventStorage, kept: int = HISTORY_KEPT) -> Dict[str, Dict[str, Any]]:
+    """The newest ``kept`` values of every scalar history of ``storage``, as plain data.
+
+    Args:
+        storage: the training's event storage.
+        kept: values kept per scalar.
+
+    Returns:
+        ``{name: {"values": [...], "iterations": [...], "count": n, "global_avg": mean}}``, where
+        ``count`` and ``global_avg`` cover every value ever added, not only the kept ones.
+    """
+    state = {}
+    for name, history in storage.histories().items():
+        pairs = history.values()[-kept:]  # [(value, iteration), ...]
+        state[name] = {
+            "values": [float(value) for value, _ in pairs],
+            "iterations": [int(it) if float(it).is_integer() else float(it) for _, it in pairs],
+            "count": int(history._count),  # fvcore keeps the count only as this attribute
+            "global_avg": float(history.global_avg()),
+        }
+    return state
+
+
+def restore_history(storage: EventStorage, state: Dict[str, Dict[str, Any]]) -> None:
+    """Puts the histories of :func:`history_state` back into ``storage``, so that smoothed
+    values (medians over a window, global averages) continue as if training had not stopped.
+
+    Args:
+        storage: a new event storage, before any scalar was added for these names.
+        state: what :func:`history_state` returned.
+    """
+    histories = storage.histories()  # the storage's own dict
+    for name, saved in state.items():
+        history = HistoryBuffer()
+        for value, iteration in zip(saved["values"], saved["iterations"]):
+            history.update(float(value), iteration)
+        # count and mean of all values, including those older than the kept ones
+        history._count = int(saved["count"])
+        history._global_avg = float(saved["global_avg"])
+        histories[name] = history
 
 
 class AccumulationTrainer(SimpleTrainer):
@@ -31,7 +79,9 @@ class AccumulationTrainer(SimpleTrainer):
     drop path...) do not depend on what ran before it: a run resumed from a checkpoint makes the
     same choices as an uninterrupted one. :meth:`state_dict` holds the seed and, when the data
     loader has a ``state_dict`` (:class:`~mvit_det.engine.train_loader.ResumableTrainLoader`),
-    the data position of every rank.
+    the data position of every rank, and, while training, the newest values of the event
+    storage's scalar histories (:data:`HISTORY_KEPT` per scalar), which a resumed run restores
+    before its first iteration so that its smoothed losses equal the uninterrupted run's.
 
     Args:
         model: a module returning a dict of losses (or one loss tensor) in training mode.
@@ -64,6 +114,14 @@ class AccumulationTrainer(SimpleTrainer):
         self.grad_scaler = torch.amp.GradScaler(
             self.device_type, enabled=amp and amp_dtype == torch.float16
         )
+        # Scalar histories of a loaded checkpoint, restored when training starts.
+        self._restored_history: Optional[Dict[str, Dict[str, Any]]] = None
+
+    def before_train(self) -> None:
+        if self._restored_history:
+            restore_history(self.storage, self._restored_history)
+            self._restored_history = None
+        super().before_train()
 
     def run_step(self) -> None:
         assert self.model.training, "[AccumulationTrainer] model was changed to eval mode!"
@@ -95,12 +153,15 @@ class AccumulationTrainer(SimpleTrainer):
 
     def state_dict(self) -> Dict[str, Any]:
         """
-        The trainer's state: iteration, hooks, optimizer, grad scaler, seed and data positions.
-        With several processes every rank must call it at once (the data positions are
-        gathered).
+        The trainer's state: iteration, hooks, optimizer, grad scaler, seed, data positions and
+        (while training) the scalar histories. With several processes every rank must call it at
+        once (the data positions are gathered).
         """
         ret = super().state_dict()
         ret["grad_scaler"] = self.grad_scaler.state_dict()
+        storage = getattr(self, "storage", None)  # set while training
+        if storage is not None:
+            ret["history"] = history_state(storage)
         if self.seed is not None:
             ret["seed"] = self.seed
         if hasattr(self.data_loader, "state_dict"):
@@ -114,6 +175,7 @@ class AccumulationTrainer(SimpleTrainer):
             self.grad_scaler.load_state_dict(state_dict["grad_scaler"])
         if self.seed is not None and "seed" in state_dict:
             self.seed = int(state_dict["seed"])
+        self._restored_history = state_dict.get("history")
         positions = state_dict.get("data")
         if positions and hasattr(self.data_loader, "load_state_dict"):
             world_size, rank = comm.get_world_size(), comm.get_rank()

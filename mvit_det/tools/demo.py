@@ -10,7 +10,10 @@ files.
 
     python tools/demo.py [--backbone {mvit,vil}] [--output-dir DIR] [--num-vis N] [key=value ...]
 
-Trailing ``key=value`` pairs override the config (e.g. ``train.max_iter=300``).
+Trailing ``key=value`` pairs override the config (e.g. ``train.max_iter=300``). A shorter or
+longer ``train.max_iter`` keeps the shape of the LR schedule: unless they are overridden too, the
+LR milestones scale with it (500 and 570 of 600 iterations become 250 and 285 of 300), as does
+the warmup (a fraction of the schedule).
 """
 
 import argparse
@@ -29,15 +32,45 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data import detection_utils
 from detectron2.utils.visualizer import Visualizer
 
+from ..engine.overrides import ConfigOverrideError, apply_overrides_checked
 from ..engine.train_net import UsageError, build_argument_parser, do_test, do_train, setup
-from ..engine.train_net import load_config, training_output_dir
-from ..model_zoo import get_config_file
+from ..engine.train_net import load_config, scaled_milestones, training_output_dir
+from ..model_zoo import get_config, get_config_file
 from ..utils.file_io import atomic_write
 
 DEMO_CONFIGS = {
     "mvit": "demo/mask_rcnn_mvitv2_shapes.py",
     "vil": "projects/ViL/configs/demo/mask_rcnn_vil_shapes.py",
 }
+
+
+def schedule_overrides(config: str, opts: List[str]) -> List[str]:
+    """The override of the LR milestones that keeps their place in the schedule when ``opts``
+    change ``train.max_iter`` but not the milestones; empty otherwise.
+
+    Args:
+        config: the demo config (a model-zoo name).
+        opts: the command line's ``key=value`` overrides.
+    """
+    keys = {o.split("=", 1)[0].lstrip("+~") for o in opts}
+    if "train.max_iter" not in keys or "lr_multiplier.scheduler.milestones" in keys:
+        return []
+    cfg = get_config(config)
+    recipe_max_iter = cfg.train.max_iter
+    recipe_milestones = list(cfg.lr_multiplier.scheduler.milestones)
+    try:
+        apply_overrides_checked(cfg, opts)
+    except ConfigOverrideError:
+        return []  # reported when the config is loaded
+    scaled = scaled_milestones(recipe_milestones, recipe_max_iter, cfg.train.max_iter)
+    if scaled is None:
+        return []
+    print(
+        f"LR milestones {recipe_milestones} of {recipe_max_iter} iterations scaled to {scaled} "
+        f"for train.max_iter={cfg.train.max_iter}.",
+        flush=True,
+    )
+    return [f"lr_multiplier.scheduler.milestones=[{','.join(map(str, scaled))}]"]
 
 
 def _ap_table(before: Dict[str, Any], after: Dict[str, Any]) -> str:
@@ -110,10 +143,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     output_dir = args.output_dir or (
         "./output/demo_shapes" if args.backbone == "mvit" else "./output/demo_shapes_vil"
     )
+    opts = args.opts + schedule_overrides(DEMO_CONFIGS[args.backbone], args.opts)
     train_args = build_argument_parser().parse_args(
         ["--config-file", get_config_file(DEMO_CONFIGS[args.backbone])]
         + [f"train.output_dir={output_dir}"]
-        + args.opts
+        + opts
     )
     with ExitStack() as stack:
         try:
