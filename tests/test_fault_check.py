@@ -71,8 +71,11 @@ def test_apply_fault_refuses_text_that_is_not_there_once():
 
 
 def test_failed_tests_are_read_from_pytest_summary():
+    """Only the summary counts: captured log lines above it also start with ERROR."""
     output = textwrap.dedent("""\
         ..F
+        ERROR    detectron2.engine.train_loop:train_loop.py:162 Exception during training
+        =========================== short test summary info ============================
         FAILED tests/test_a.py::test_x[1] - AssertionError: boom
         ERROR tests/test_b.py::test_y - RuntimeError
         1 failed, 2 passed

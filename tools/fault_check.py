@@ -87,9 +87,11 @@ def apply_fault(source: str, fault: Fault) -> str:
 
 
 def failed_tests(output: str) -> List[str]:
-    """The node ids pytest's short summary names as FAILED or ERROR."""
+    """The node ids that the short test summary of pytest's output names as FAILED or ERROR
+    (captured log lines elsewhere in the output also start with "ERROR")."""
+    _, marker, summary = output.rpartition("short test summary info")
     failed = []
-    for line in output.splitlines():
+    for line in summary.splitlines() if marker else []:
         for tag in ("FAILED ", "ERROR "):
             if line.startswith(tag):
                 failed.append(line[len(tag) :].split(" - ")[0].strip())
