@@ -7,6 +7,7 @@ fvcore FLOP count of the fused attention op.
 
 from . import data  # noqa: F401  (registers the shapes datasets)
 from .analysis import register_fvcore_handles
+from .checkpoint import MViTCheckpointer
 from .config import (
     add_mvit_config,
     add_vil_config,
@@ -25,6 +26,7 @@ register_fvcore_handles()
 __all__ = [
     "MVIT_PRESETS",
     "MViT",
+    "MViTCheckpointer",
     "add_mvit_config",
     "apply_mvit_preset",
     "build_mvit_fpn",

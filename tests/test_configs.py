@@ -223,11 +223,20 @@ def test_get_config_from_a_non_editable_install(tmp_path):
     # the installed package serves every config of the source tree, the projects' included
     assert out == ["24", "shapes_val", "270000", str(len(list_configs()))]
     yacs = target / "mvit_det" / "model_zoo" / "configs" / "yacs"
+    vil = [
+        f"{m}_vil_{s}_{e}.yaml"
+        for m in ("mask_rcnn", "retinanet")
+        for s in "tsmb"
+        for e in ("1x", "3x")
+    ]
     assert {p.name for p in yacs.glob("*.yaml")} == {
         "Base-Mask-RCNN-MViTv2.yaml",
         "Base-Cascade-Mask-RCNN-MViTv2.yaml",
-    } | {n.replace(".py", ".yaml") for n in RECIPES}
+        "Base-Mask-RCNN-ViL.yaml",
+        "Base-RetinaNet-ViL.yaml",
+    } | {n.replace(".py", ".yaml") for n in RECIPES} | set(vil)
     assert (yacs / "demo" / "mask_rcnn_mvitv2_shapes.yaml").is_file()
+    assert (yacs / "demo" / "mask_rcnn_vil_shapes.yaml").is_file()
 
 
 @pytest.mark.parametrize("name", RETINANETS)

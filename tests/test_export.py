@@ -7,6 +7,8 @@ checked on outputs of known difference."""
 import json
 import math
 import os
+import subprocess
+import sys
 from typing import Any, Dict, List, Sequence
 
 import numpy as np
@@ -36,6 +38,7 @@ SIZES = [(96, 128), (160, 96)]  # windows of 16 tokens cut by the border at both
 FPN_LEVELS = ["p2", "p3", "p4", "p5", "p6"]
 # The exported R-CNN outputs, in order (then the image size): Instances fields sorted by name.
 DETECTOR_FIELDS = ("boxes", "classes", "masks", "scores")
+DETECTOR_OUTPUTS = ["pred_boxes", "pred_classes", "pred_masks", "scores", "image_size"]
 
 
 def tiny_backbone(attn_impl: str) -> export.BackboneOutputs:
@@ -197,9 +200,8 @@ def test_whole_detector_torchscript_at_two_sizes(tmp_path, capsys):
     argv += ["--image-size", "96x128", "--output", str(out), "--device", "cpu", "--opts"] + TINY
     assert export.main(argv) == 0
     report = json.loads((out / "export.json").read_text())
-    assert report["input_shape"] == [3, 96, 128] and report["outputs"] == [
-        f"output{i}" for i in range(5)
-    ]
+    assert report["input_shape"] == [3, 96, 128] and report["outputs"] == DETECTOR_OUTPUTS
+    assert report["requested_image_size"] == report["input_size"] == [96, 128]
     assert_report_within(report, 0.0)
     assert "largest relative difference" in capsys.readouterr().out
     traced = torch.jit.load(str(out / "model.ts"))
@@ -217,6 +219,9 @@ def test_whole_detector_legacy_onnx_at_two_sizes(tmp_path):
         report = export.export(loaded, "onnx", "model", size, str(tmp_path / str(size[0])))
         assert_report_within(report, 1e-4)
         assert report["input_shape"] == [3, *size]
+        # the graph's outputs carry the names export.json gives
+        graph_outputs = [o.name for o in onnx.load(report["file"]).graph.output]
+        assert graph_outputs == report["outputs"] == DETECTOR_OUTPUTS
         torch.manual_seed(2)
         image = torch.randint(0, 256, (3, *size)).float()  # another image of the export size
         outputs = list(onnx_outputs(report["file"], image).values())
@@ -252,6 +257,10 @@ def test_export_tool_scripts_the_mvit(tmp_path):
     report = json.loads((tmp_path / "export.json").read_text())
     names: List[str] = [f"scale{i}" for i in range(2, 6)]
     assert report["exporter"] == "script" and report["outputs"] == names
+    # --image-size is the model's input size, not resized by the config's test resize (longer
+    # side 128 would make 64x96 85x128); multiples of 32 need no padding
+    assert report["requested_image_size"] == report["input_size"] == [64, 96]
+    assert report["input_shape"] == [1, 3, 64, 96]
     assert_report_within(report, 1e-6)
     scripted = torch.jit.load(str(tmp_path / "mvit.ts"))
     assert isinstance(scripted, torch.jit.ScriptModule)
@@ -265,3 +274,84 @@ def test_export_tool_scripts_the_mvit(tmp_path):
     assert_outputs_close(list(actual.values()), list(expected.values()), 1e-6)
     wrong = ["--config", DEMO, "--format", "onnx", "--script", "--what", "mvit", "--output"]
     assert export.main(wrong + [str(tmp_path / "x"), "--opts"] + TINY) == 2
+
+
+def test_loading_model_ts_needs_torchvision(tmp_path):
+    """The Python block of docs/tools.md that loads model.ts, in a fresh interpreter (where
+    nothing has imported torchvision), on a file the tool wrote."""
+    out = tmp_path / "export"
+    argv = ["--config", DEMO, "--format", "torchscript", "--what", "model", "--device", "cpu"]
+    assert export.main(argv + ["--image-size", "64x96", "--output", str(out), "--opts"] + TINY) == 0
+    docs = (REPO / "docs" / "tools.md").read_text()
+    block = docs.split("Loading `model.ts` needs `import torchvision`", 1)[1]
+    code = block.split("```python\n", 1)[1].split("```", 1)[0]
+    assert "import torchvision" in code
+    code = code.replace("export/model.ts", str(out / "model.ts"))
+    code = code.replace("torch.zeros(3, 800, 1067)", "torch.zeros(3, 64, 96)")
+    without = code.replace("import torchvision", "pass  #")
+    script = f"""
+import torch
+try:
+    exec({without!r})
+    raise SystemExit("loaded without torchvision")
+except RuntimeError as e:
+    assert "torchvision::nms" in str(e), e
+exec({code!r})
+assert pred_masks.shape[1:] == (1, 28, 28) and tuple(image_size.tolist()) == (64, 96)
+print("ok")
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-2000:]
+
+
+def test_detectron2_scripting_of_a_yacs_detector(shapes_datasets_root):
+    """What Detectron2's export_model.py --export-method scripting does (an adapter returning the
+    Instances fields, scripted with scripting_with_instances), on an MViT Mask R-CNN built from a
+    shipped YAML: it scripts, and gives the eager instances before resizing."""
+    from typing import Tuple
+
+    from detectron2.config import get_cfg
+    from detectron2.export import scripting_with_instances
+    from detectron2.modeling import build_model
+    from detectron2.structures import Boxes
+
+    cfg = get_cfg()
+    cfg.merge_from_file(str(REPO / "configs" / "yacs" / "demo" / "mask_rcnn_mvitv2_shapes.yaml"))
+    cfg.merge_from_list(["MODEL.MVIT.EMBED_DIM", "16", "MODEL.MVIT.DEPTH", "4"])
+    cfg.merge_from_list(["MODEL.MVIT.LAST_BLOCK_INDEXES", "[0, 1, 2, 3]", "MODEL.DEVICE", "cpu"])
+    cfg.merge_from_list(
+        ["TEST.DETECTIONS_PER_IMAGE", "20", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"]
+    )
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+
+    class ScriptableAdapter(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, inputs: Tuple[Dict[str, torch.Tensor]]) -> List[Dict[str, torch.Tensor]]:
+            instances = self.model.inference(inputs, do_postprocess=False)
+            return [i.get_fields() for i in instances]
+
+    fields = {
+        "proposal_boxes": Boxes,
+        "objectness_logits": torch.Tensor,
+        "pred_boxes": Boxes,
+        "scores": torch.Tensor,
+        "pred_classes": torch.Tensor,
+        "pred_masks": torch.Tensor,
+    }
+    scripted = scripting_with_instances(ScriptableAdapter().eval(), fields)  # fmt: skip
+    image = torch.randint(0, 256, (3, 96, 128)).float()
+    with torch.no_grad():
+        (got,) = scripted(({"image": image},))
+    expected = eager_detections(model, image)
+    assert len(expected["scores"]) > 0
+    assert torch.equal(got["pred_classes"], expected["classes"])
+    boxes = got["pred_boxes"]  # the scripted Instances give their Boxes as a tensor
+    assert_relative_close(getattr(boxes, "tensor", boxes), expected["boxes"], 1e-5)
+    assert_relative_close(got["pred_masks"], expected["masks"], 1e-5)
+    assert_relative_close(got["scores"], expected["scores"], 1e-5)

@@ -2,21 +2,28 @@
 
 import json
 import os
+import pickle
+import struct
 import warnings
+import zlib
 
 import cv2
 import numpy as np
+import PIL.ImageFile
 import pytest
 import torch
+from detectron2.config import LazyConfig
 from detectron2.data import DatasetCatalog, MetadataCatalog, detection_utils
 from pycocotools import mask as mask_util
 
 from mvit_det import MViT, build_mvit_fpn
 from mvit_det.analysis import flop_count_by_operator
 from mvit_det.data import register_coco_dataset, register_shapes_dataset
+from mvit_det.engine import apply_overrides_checked
 from mvit_det.engine.train_net import build_argument_parser
 from mvit_det.engine.train_net import main as train_main
-from mvit_det.tools import analyze, evaluate, predict
+from mvit_det.model_zoo import get_config
+from mvit_det.tools import analyze, convert_checkpoint, evaluate, export, predict
 from mvit_det.tools.loading import load_model
 
 from helpers import REPO
@@ -146,10 +153,13 @@ def test_predict_images_folder_glob_and_video(trained_weights, shapes_datasets_r
     assert [i["file_name"] for i in images] == stills + [str(tmp_path / "clip.mp4")] * 3
     assert [i["id"] for i in images] == list(range(6))
     assert [i.get("frame") for i in images[3:]] == [0, 1, 2]
+    # outputs named after the input file, extension kept; images.json maps input -> output
+    outputs = [os.path.basename(still) + ".png" for still in stills] + ["clip.mp4.mp4"] * 3
+    assert [i["output"] for i in images] == outputs
     for still in stills:
-        png = cv2.imread(str(out / (os.path.splitext(os.path.basename(still))[0] + ".png")))
+        png = cv2.imread(str(out / (os.path.basename(still) + ".png")))
         assert png.shape == cv2.imread(still).shape  # drawn at the image's own size
-    capture = cv2.VideoCapture(str(out / "clip.mp4"))
+    capture = cv2.VideoCapture(str(out / "clip.mp4.mp4"))
     assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 3
     assert (capture.get(cv2.CAP_PROP_FRAME_WIDTH), capture.get(cv2.CAP_PROP_FRAME_HEIGHT)) == (
         128,
@@ -329,3 +339,266 @@ def test_own_model_example_of_the_docs():
     with torch.no_grad():
         out = model([{"image": torch.zeros(3, 64, 96), "height": 64, "width": 96}])
     assert out[0]["instances"].image_size == (64, 96)
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A small PNG file whose header announces a width x height RGB image (a few rows of data
+    follow: a decoder would allocate the whole image before finding out)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data)
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
+    rows = zlib.compress(b"\0" * (1 + 3 * width) * 4)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+    )
+
+
+def test_predict_skips_bad_inputs_and_keeps_output_names_apart(
+    trained_weights, tmp_path, capsys, monkeypatch
+):
+    picture = detection_utils.read_image(DatasetCatalog.get("shapes_val")[0]["file_name"], "RGB")
+    folder, other = tmp_path / "in", tmp_path / "other"
+    folder.mkdir()
+    other.mkdir()
+    # Same file names with other extensions, and in another folder, each of its own size.
+    crops = {folder / "a.jpg": picture[:96, :112], folder / "a.png": picture[:80, :120]}
+    crops[other / "a.png"] = picture[:64, :72]
+    for path, crop in crops.items():
+        assert cv2.imwrite(str(path), cv2.cvtColor(crop, cv2.COLOR_RGB2BGR))
+    _write_video(folder / "clip.avi", [picture[:64, :96]] * 2)
+    (folder / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(200))
+    jpeg = cv2.imencode(".jpg", picture)[1].tobytes()
+    (folder / "truncated.jpg").write_bytes(jpeg[: len(jpeg) // 2])
+    (folder / "bomb.png").write_bytes(_png_header_only(12000, 12000))  # 144 M pixels
+    os.symlink("loop.png", folder / "loop.png")  # a link to itself
+    os.symlink("a.png", folder / "same_as_a.png")  # a second name of a.png: predicted once
+    (folder / "broken.mp4").write_bytes(os.urandom(300))
+
+    decoded = []  # (width, height) of every image Pillow decodes
+    original_load = PIL.ImageFile.ImageFile.load
+
+    def load(image):
+        decoded.append(image.size)
+        return original_load(image)
+
+    monkeypatch.setattr(PIL.ImageFile.ImageFile, "load", load)
+    out = tmp_path / "out"
+    argv = ["--config", DEMO, "--weights", trained_weights, "--device", "cpu", "--output", str(out)]
+    argv += ["--input", str(folder), str(other), "--opts"] + TINY
+    assert predict.main(argv) == 1  # some inputs skipped, the others predicted
+
+    err = capsys.readouterr().err
+    reasons = {
+        "bad.png": "not a readable image",
+        "truncated.jpg": "not a readable image",
+        "bomb.png": "12000x12000 is 144000000 pixels, more than --max-image-pixels 89478485",
+        "loop.png": "Too many levels of symbolic links",
+        "broken.mp4": "cannot open the video",
+    }
+    for name, reason in reasons.items():
+        lines = [line for line in err.splitlines() if f"skipped {folder / name}: " in line]
+        assert len(lines) == 1 and lines[0].startswith("warning: ") and reason in lines[0], name
+    assert "5 of 9 inputs skipped" in err
+    assert decoded and (12000, 12000) not in decoded  # the bomb was never decoded
+
+    images = json.loads((out / "images.json").read_text())
+    records = json.loads((out / "predictions.json").read_text())
+    expected = [
+        (str(folder / "a.jpg"), "a.jpg.png", (96, 112)),
+        (str(folder / "a.png"), "a.png.png", (80, 120)),
+        (str(folder / "clip.avi"), "clip.avi.mp4", (64, 96)),
+        (str(folder / "clip.avi"), "clip.avi.mp4", (64, 96)),
+        (str(other / "a.png"), "a.png_2.png", (64, 72)),
+    ]
+    assert [(i["file_name"], i["output"], (i["height"], i["width"])) for i in images] == [
+        (f, o, s) for f, o, s in expected if not f.endswith(".avi")
+    ] + [(f, o, s) for f, o, s in expected if f.endswith(".avi")]
+    assert [i["id"] for i in images] == list(range(5))
+    assert {r["image_id"] for r in records} <= {i["id"] for i in images}
+    assert sorted(os.listdir(out)) == sorted(
+        ["a.jpg.png", "a.png.png", "a.png_2.png", "clip.avi.mp4", "images.json", "predictions.json"]
+    )
+    for _, output, size in expected:  # each drawing has its own input's size: none overwritten
+        if output.endswith(".png"):
+            assert cv2.imread(str(out / output)).shape[:2] == size
+    capture = cv2.VideoCapture(str(out / "clip.avi.mp4"))
+    assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 2
+
+
+def test_predict_max_image_pixels(trained_weights, tmp_path, capsys):
+    picture = detection_utils.read_image(DatasetCatalog.get("shapes_val")[0]["file_name"], "RGB")
+    big, small = tmp_path / "big.png", tmp_path / "small.png"
+    cv2.imwrite(str(big), picture[:80, :100])  # 8000 pixels
+    cv2.imwrite(str(small), picture[:60, :70])  # 4200 pixels
+    base = ["--config", DEMO, "--weights", trained_weights, "--device", "cpu", "--no-vis"]
+    base += ["--input", str(big), str(small)]
+    out = tmp_path / "limited"
+    argv = base + ["--output", str(out), "--max-image-pixels", "6000", "--opts"] + TINY
+    assert predict.main(argv) == 1
+    assert f"skipped {big}: 100x80 is 8000 pixels, more than --max-image-pixels 6000" in (
+        capsys.readouterr().err
+    )
+    assert [i["file_name"] for i in json.loads((out / "images.json").read_text())] == [str(small)]
+    out = tmp_path / "unlimited"
+    argv = base + ["--output", str(out), "--max-image-pixels", "0", "--opts"] + TINY
+    assert predict.main(argv) == 0
+    images = json.loads((out / "images.json").read_text())
+    assert [i["file_name"] for i in images] == [str(big), str(small)]
+    assert all("output" not in i for i in images)  # --no-vis: no drawing written
+    with pytest.raises(SystemExit) as info:
+        predict.parse_args(base + ["--max-image-pixels", "-1"])
+    assert info.value.code == 2 and "--max-image-pixels must be >= 0" in capsys.readouterr().err
+
+
+# The tiny demo model as a LazyConfig file of its own (the converter takes no overrides).
+TINY_CONFIG = f"""
+from mvit_det.engine import apply_overrides_checked
+from mvit_det.model_zoo import get_config
+
+_cfg = get_config("demo/mask_rcnn_mvitv2_shapes.py")
+apply_overrides_checked(_cfg, {TINY!r})
+model, dataloader = _cfg.model, _cfg.dataloader
+"""
+
+
+def _one_image_dataset(tmp_path) -> str:
+    """The first image of shapes_val, registered alone as a COCO dataset (a quick evaluation)."""
+    val = MetadataCatalog.get("shapes_val")
+    with open(val.json_file) as f:
+        data = json.load(f)
+    first = data["images"][0]["id"]
+    data["images"] = data["images"][:1]
+    data["annotations"] = [a for a in data["annotations"] if a["image_id"] == first]
+    json_file = tmp_path / "one_image.json"
+    json_file.write_text(json.dumps(data))
+    name = f"tools_one_image_{abs(hash(str(tmp_path)))}"
+    register_coco_dataset(name, str(json_file), val.image_root)
+    return name
+
+
+def _tool_runs(config: str, image: str, out, dataset: str = "shapes_val") -> dict:
+    """Each tool that reads weights, as a function of (weights, extra options) -> exit status."""
+    common = ["--config", config, "--device", "cpu"]
+    return {
+        "predict": lambda w, extra: predict.main(
+            common + ["--weights", w, "--input", image, "--output", str(out / "predict")]
+            + ["--no-vis", "--score-threshold", "0.0"] + extra
+        ),
+        "evaluate": lambda w, extra: evaluate.main(
+            ["--dataset", dataset, "--device", "cpu", "--warmup", "0"]
+            + ["--output", str(out / "evaluate.json")] + extra + ["--model", config, w]
+        ),
+        "export": lambda w, extra: export.main(
+            common + ["--weights", w, "--what", "mvit", "--image-size", "32x32"]
+            + ["--output", str(out / "export")] + extra
+        ),
+        "analyze": lambda w, extra: analyze.main(
+            common + ["--weights", w, "--tasks", "parameter", "--backbone"] + extra
+        ),
+        "convert_checkpoint": lambda w, extra: convert_checkpoint.main(
+            [w, str(out / "converted_again.pkl"), "--model", config] + extra
+        ),
+    }  # fmt: skip
+
+
+def test_tools_read_the_converters_pkl_and_refuse_pickled_objects(
+    trained_weights, tmp_path, capsys
+):
+    config = tmp_path / "tiny.py"
+    config.write_text(TINY_CONFIG)
+    converted = tmp_path / "converted.pkl"
+    assert convert_checkpoint.main([trained_weights, str(converted), "--model", str(config)]) == 0
+    # The same weights with one of them pickled as a Python object outside plain data (a numpy
+    # masked array: harmless here, but its unpickling calls numpy.ma's own reconstructor).
+    with open(converted, "rb") as f:
+        data = pickle.load(f)
+    name = "roi_heads.box_predictor.cls_score.bias"
+    data["model"][name] = np.ma.masked_array(data["model"][name])
+    with_object = tmp_path / "with_object.pkl"
+    with open(with_object, "wb") as f:
+        pickle.dump(data, f, protocol=4)
+    image = DatasetCatalog.get("shapes_val")[0]["file_name"]
+    dataset = _one_image_dataset(tmp_path)
+    capsys.readouterr()
+    for tool, run in _tool_runs(str(config), image, tmp_path, dataset).items():
+        assert run(str(converted), []) == 0, tool  # the converter's output, no trust needed
+        captured = capsys.readouterr()
+        assert "error" not in captured.err, (tool, captured.err)
+        assert run(str(with_object), []) == 2, tool
+        err = capsys.readouterr().err
+        assert "numpy.ma" in err and "--trust-checkpoint" in err, (tool, err)
+        assert run(str(with_object), ["--trust-checkpoint"]) == 0, tool
+        capsys.readouterr()
+    # predict's records from the .pkl are those of the trained .pth model
+    records = json.loads((tmp_path / "predict" / "predictions.json").read_text())
+    loaded = load_model(DEMO, trained_weights, "cpu", TINY)
+    category_ids = _category_ids_by_class(MetadataCatalog.get("shapes_val").json_file)
+    picture = detection_utils.read_image(image, format="RGB")
+    assert _assert_records_are_the_models(records, loaded, picture, category_ids) > 0
+
+
+def test_tools_read_yaml_configs_safely(tmp_path, capsys):
+    marker = tmp_path / "code_ran"
+    run_code = f"!!python/object/apply:os.makedirs [{str(marker)!r}]"
+    # A yacs YAML on the shipped demo YAML, and a LazyConfig YAML as a training run saves it
+    # (LazyConfig.save writes tuples, ShapeSpecs and functools.partial(LayerNorm, eps=...)).
+    yacs = tmp_path / "yacs.yaml"
+    yacs.write_text(f"_BASE_: {DEMO_YAML}\nMODEL:\n  MVIT:\n    EMBED_DIM: 16\n")
+    lazy_cfg = get_config("demo/mask_rcnn_mvitv2_shapes.py")
+    apply_overrides_checked(lazy_cfg, TINY)
+    lazy = tmp_path / "config.yaml"
+    LazyConfig.save(lazy_cfg, str(lazy))
+    assert "!!python/object/apply:functools.partial" in lazy.read_text()
+    evil_yacs, evil_lazy = tmp_path / "evil_yacs.yaml", tmp_path / "evil_lazy.yaml"
+    evil_yacs.write_text(yacs.read_text() + f"  DEVICE: {run_code}\n")
+    evil_lazy.write_text(lazy.read_text() + f"extra: {run_code}\n")
+    trusted_yacs = tmp_path / "trusted_yacs.yaml"
+    trusted_yacs.write_text(
+        yacs.read_text() + "  DEVICE: !!python/object/apply:builtins.str [cpu]\n"
+    )
+
+    image = DatasetCatalog.get("shapes_val")[0]["file_name"]
+    weights = tmp_path / "w.pth"
+    torch.save({"model": load_model(DEMO, "", "cpu", TINY).model.state_dict()}, weights)
+    for evil in (evil_yacs, evil_lazy):
+        for tool, run in _tool_runs(str(evil), image, tmp_path).items():
+            if tool == "convert_checkpoint" and evil == evil_yacs:
+                continue  # the converter's --model is a LazyConfig
+            assert run(str(weights), []) == 2, (tool, evil.name)
+            err = capsys.readouterr().err
+            assert "!!python/object/apply:os.makedirs" in err and "--trust-config" in err, tool
+            assert not marker.exists(), tool
+    # safe YAML loads: the LazyConfig YAML gives the .py config's model
+    argv = ["--device", "cpu", "--tasks", "parameter", "--output"]
+    assert analyze.main(["--config", str(lazy)] + argv + [str(tmp_path / "yaml.json")]) == 0
+    assert (
+        analyze.main(["--config", DEMO] + argv + [str(tmp_path / "py.json"), "--opts"] + TINY) == 0
+    )
+    from_yaml = json.loads((tmp_path / "yaml.json").read_text())["parameter"]["by_module_m"]
+    from_py = json.loads((tmp_path / "py.json").read_text())["parameter"]["by_module_m"]
+    assert from_yaml == from_py
+    # the explicit opt-in reads the tags in full
+    assert analyze.main(["--config", str(trusted_yacs), "--tasks", "parameter"]) == 2
+    assert "--trust-config" in capsys.readouterr().err
+    trusted = ["--config", str(trusted_yacs), "--tasks", "parameter", "--trust-config", "--opts"]
+    assert analyze.main(trusted + TINY_YACS) == 0
+
+
+def test_analyze_image_size_is_the_model_input(tmp_path, capsys):
+    """--image-size HxW is the input size exactly (no test resize: longer side 128 here); without
+    it, a 480x640 image goes through the test resize. The JSON records both sizes."""
+    base = ["--config", DEMO, "--device", "cpu", "--backbone", "--tasks", "flop"]
+    for requested, used, padded in [
+        (None, [96, 128], (96, 128)),  # 480x640 scaled by 128 / 640
+        ([100, 150], [100, 150], (128, 160)),  # padded to multiples of 32 by the model
+    ]:
+        output = tmp_path / "analysis.json"
+        size = ["--image-size", "{}x{}".format(*requested)] if requested else []
+        assert analyze.main(base + size + ["--output", str(output), "--opts"] + TINY) == 0
+        report = json.loads(output.read_text())
+        assert report["requested_image_size"] == requested
+        assert report["input_size"] == used and report["input_shape"] == [1, 3, *padded]
+        assert f"input: {used[0]}x{used[1]} image" in capsys.readouterr().out

@@ -544,3 +544,33 @@ def test_shipped_config_by_name(shapes_datasets_root, tmp_path, monkeypatch):
         assert run_cli(argv + [f"train.output_dir={out}"]) == 0
     assert seen == [out]
     assert "Contents of args.config_file=" in open(os.path.join(out, "log.txt")).read()
+
+
+def test_lazy_yaml_config_with_python_tags_is_refused_unless_trusted(
+    shapes_datasets_root, tmp_path, monkeypatch, capsys
+):
+    """A LazyConfig YAML (as a training run saves it) that would run code while it is read stops
+    the training tool with one error line; --trust-config reads it in full."""
+    from detectron2.config import LazyConfig
+
+    from mvit_det.model_zoo import get_config
+
+    marker = tmp_path / "code_ran"
+    config = tmp_path / "config.yaml"
+    LazyConfig.save(get_config("demo/mask_rcnn_mvitv2_shapes.py"), str(config))
+    with open(config, "a") as f:
+        # exist_ok: the tool reads the config in the launcher and again in the training process
+        f.write(f"extra: !!python/object/apply:os.makedirs [{str(marker)!r}, 511, true]\n")
+    monkeypatch.setattr(train_net, "do_test", lambda cfg, model: {})
+    argv = ["--config-file", str(config), "--eval-only"]
+    overrides = TINY + [f"train.output_dir={tmp_path / 'out'}"]
+    assert run_cli(argv + overrides) == 2
+    err = capsys.readouterr().err
+    assert re.search(
+        r"^error: .*!!python/object/apply:os.makedirs.*--trust-config", err, re.M | re.S
+    )
+    assert not marker.exists()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # no CUDA: evaluation falls back to the CPU
+        assert run_cli(argv + ["--trust-config"] + overrides) == 0
+    assert marker.exists()

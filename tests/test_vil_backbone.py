@@ -15,11 +15,12 @@ from detectron2.modeling import build_backbone
 from detectron2.modeling.backbone import FPN
 from detectron2.modeling.backbone.fpn import LastLevelP6P7
 
-from mvit_det import VIL_PRESETS, ViL, add_vil_config, apply_vil_preset, vil_kwargs_from_cfg
+from mvit_det import VIL_PRESETS, MViT, ViL, add_vil_config, apply_vil_preset, vil_kwargs_from_cfg
 from mvit_det import vil_preset
 from mvit_det.modeling.backbone.vil import ViLPatchEmbed
 
 from helpers import (
+    TINY_MVIT,
     TINY_VIL,
     assert_each_gradient_as_accurate,
     assert_grads_close,
@@ -329,3 +330,33 @@ def test_patch_embedding_pads_partial_patches():
     x = torch.randn(1, 3, 9, 13)
     padded = torch.nn.functional.pad(x, (0, 3, 0, 3))
     assert torch.equal(embed(x)[0], embed(padded)[0])
+
+
+@pytest.mark.parametrize(
+    "kind, overrides",
+    [
+        ("mvit", dict(attn_impl="sdpa")),
+        ("mvit", dict(attn_impl="eager")),
+        ("vil", dict(attn_impl="sdpa")),
+        ("vil", dict(attn_impl="eager")),
+        ("vil", dict(attn_impl="dense")),
+        ("vil", dict(attn_impl="sdpa", window_mode="exact")),
+    ],
+)
+def test_empty_batch_gives_empty_maps_and_gradients(kind, overrides):
+    """Both backbones take a batch of 0 images (e.g. a data-parallel shard with nothing left):
+    maps of shape (0, C, h, w) as for one image, and a backward pass with all-zero gradients."""
+    torch.manual_seed(0)
+    model = (MViT(**TINY_MVIT, **overrides) if kind == "mvit" else tiny_vil(**overrides)).train()
+    size = (40, 56)  # windows and chunks do not tile it
+    with torch.no_grad():
+        one = model(torch.randn(1, 3, *size))
+    x = torch.randn(0, 3, *size, requires_grad=True)
+    outputs = model(x)
+    assert list(outputs) == list(one)
+    for name, feature in outputs.items():
+        assert tuple(feature.shape) == (0,) + tuple(one[name].shape[1:]), name
+    sum(feature.sum() for feature in outputs.values()).backward()
+    assert x.grad is not None and x.grad.shape == x.shape
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(torch.count_nonzero(g) == 0 for g in grads)

@@ -15,14 +15,16 @@ from detectron2.data import DatasetCatalog, MetadataCatalog, detection_utils
 from detectron2.data import transforms as T
 from detectron2.engine import DefaultPredictor, DefaultTrainer
 from detectron2.modeling import build_model
+from detectron2.modeling.matcher import Matcher
 from detectron2.modeling.roi_heads import FastRCNNOutputLayers
+from omegaconf import ListConfig
 from PIL import Image
 
 import mvit_det  # noqa: F401  (the one import: MODEL.MVIT keys, backbone builder, datasets)
-from mvit_det import mvit_kwargs_from_cfg
+from mvit_det import mvit_kwargs_from_cfg, vil_kwargs_from_cfg
 from mvit_det.data import generate_shapes_dataset, register_coco_dataset
 from mvit_det.engine import apply_overrides_checked
-from mvit_det.model_zoo import get_config
+from mvit_det.model_zoo import get_config, list_configs
 from mvit_det.tools.evaluate import evaluate_model
 from mvit_det.tools.loading import load_model
 
@@ -278,3 +280,128 @@ def test_yaml_coco_evaluation_equals_the_lazy_config(
         assert set(yacs_ap) == set(lazy_ap) and "AP" in lazy_ap
         for key, value in lazy_ap.items():
             assert yacs_ap[key] == value or math.isnan(yacs_ap[key]) and math.isnan(value), key
+
+
+# ---------------------------------------------------------------- ViL
+VIL_RECIPES = [
+    f"{m}_vil_{s}_{x}" for m in ("mask_rcnn", "retinanet") for s in "tsmb" for x in ("1x", "3x")
+]
+VIL_DEMO = "demo/mask_rcnn_vil_shapes"
+# Each ViL YAML and its LazyConfig twin.
+VIL_TWINS = {name: f"projects/ViL/configs/COCO/{name}.py" for name in VIL_RECIPES}
+VIL_TWINS[VIL_DEMO] = "projects/ViL/configs/demo/mask_rcnn_vil_shapes.py"
+# A 4-pair ViL with stages of 1, 1, 1, 1 pairs, as LazyConfig and yacs overrides.
+TINY_VIL_LAZY = [
+    "model.backbone.bottom_up.embed_dims=[16,16,24,32]",
+    "model.backbone.bottom_up.depths=[1,1,1,1]",
+    "model.backbone.bottom_up.num_heads=[1,1,2,2]",
+]
+TINY_VIL_YACS = [
+    "MODEL.VIL.EMBED_DIMS", "[16, 16, 24, 32]",
+    "MODEL.VIL.DEPTHS", "[1, 1, 1, 1]",
+    "MODEL.VIL.NUM_HEADS", "[1, 1, 2, 2]",
+]  # fmt: skip
+
+
+def test_every_vil_lazy_config_has_a_yaml():
+    shipped = {n for n in list_configs() if n.startswith("projects/ViL/configs/")}
+    assert shipped == set(VIL_TWINS.values())
+    for name in VIL_TWINS:
+        assert os.path.isfile(os.path.join(YACS, name + ".yaml")), name
+
+
+@pytest.mark.parametrize("name", list(VIL_TWINS))
+def test_vil_yaml_backbone_arguments_and_test_input_equal_the_lazy_config(name):
+    lazy = get_config(VIL_TWINS[name])
+    cfg = yacs_cfg(name)
+    kwargs = vil_kwargs_from_cfg(cfg)
+    expected = {**vil_kwargs_from_cfg(get_cfg()), "in_chans": 3}  # ViL's own defaults ...
+    for key, value in lazy.model.backbone.bottom_up.items():  # ... with the config's arguments
+        if key != "_target_":
+            expected[key] = value if isinstance(value, (int, float, str, bool)) else tuple(value)
+    assert kwargs.keys() == expected.keys()
+    for key, value in expected.items():
+        if key == "norm_layer":
+            assert kwargs[key].func is value.func and kwargs[key].keywords == value.keywords
+        else:
+            assert kwargs[key] == value, key
+    # test-time resize, channel order, normalisation, test dataset
+    lazy_resize = _resize_fields(instantiate(a) for a in lazy.dataloader.test.mapper.augmentations)
+    assert _resize_fields(detection_utils.build_augmentation(cfg, is_train=False)) == lazy_resize
+    assert cfg.INPUT.FORMAT == lazy.dataloader.test.mapper.image_format == lazy.model.input_format
+    assert list(cfg.MODEL.PIXEL_MEAN) == list(lazy.model.pixel_mean) == IMAGENET_RGB_MEAN
+    assert list(cfg.MODEL.PIXEL_STD) == list(lazy.model.pixel_std) == IMAGENET_RGB_STD
+    assert list(cfg.DATASETS.TEST) == _names(lazy.dataloader.test.dataset.names)
+
+
+def _module_settings(model: torch.nn.Module) -> Dict[str, Any]:
+    """Every plain attribute of every module (numbers, strings, flags, their lists; matchers'
+    thresholds), by module name: what a config sets besides the parameters."""
+    plain = (int, float, bool, str, type(None))
+    other = object()  # anything else (tensors, modules, callables)
+
+    def value(v: Any) -> Any:
+        if isinstance(v, Matcher):
+            return ("Matcher", value(v.thresholds), value(v.labels), v.allow_low_quality_matches)
+        if isinstance(v, (list, tuple, ListConfig)):
+            items = tuple(value(x) for x in v)
+            return other if any(x is other for x in items) else items
+        return v if isinstance(v, plain) else other
+
+    settings = {}
+    for module_name, module in model.named_modules():
+        for key, v in vars(module).items():
+            v = value(v)
+            if not key.startswith("_") and key != "training" and v is not other:
+                settings[f"{module_name}.{key}"] = v
+    return settings
+
+
+# Untrained models: keep low scores, but only a few detections (each size has the same modules
+# but for the backbone, whose arguments the test above compares; 1x and 3x differ in training).
+RCNN_FEW_LAZY = [
+    "model.proposal_generator.post_nms_topk=[64,32]",
+    "model.roi_heads.box_predictor.test_score_thresh=0.0",
+    "model.roi_heads.box_predictor.test_topk_per_image=10",
+]
+RCNN_FEW_YACS = [
+    "MODEL.RPN.POST_NMS_TOPK_TEST", "32",
+    "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",
+    "TEST.DETECTIONS_PER_IMAGE", "10",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "name, lazy_opts, yacs_opts",
+    [
+        ("mask_rcnn_vil_t_1x", RCNN_FEW_LAZY, RCNN_FEW_YACS),
+        ("retinanet_vil_t_3x",
+         ["model.test_score_thresh=0.0", "model.test_topk_candidates=100",
+          "model.max_detections_per_image=10"],
+         ["MODEL.RETINANET.SCORE_THRESH_TEST", "0.0", "MODEL.RETINANET.TOPK_CANDIDATES_TEST",
+          "100", "TEST.DETECTIONS_PER_IMAGE", "10"]),
+        (VIL_DEMO, RCNN_FEW_LAZY, RCNN_FEW_YACS),
+    ],
+)  # fmt: skip
+def test_vil_yaml_model_predicts_as_the_lazy_model(
+    name, lazy_opts, yacs_opts, shapes_datasets_root
+):
+    """Same modules, parameter names and shapes (a small backbone in both, the rest as shipped),
+    the same settings in every module (thresholds, losses, anchors: training ones too), and with
+    the same weights, identical detections."""
+    _, lazy_model, yacs_model = _same_model(
+        name, VIL_TWINS[name], TINY_VIL_LAZY + lazy_opts, TINY_VIL_YACS + yacs_opts
+    )
+    lazy_settings = _module_settings(lazy_model)
+    assert len(lazy_settings) > 300 and _module_settings(yacs_model) == lazy_settings
+    image = detection_utils.read_image(DatasetCatalog.get("shapes_val")[0]["file_name"], "RGB")
+    inputs = [{"image": torch.as_tensor(image.transpose(2, 0, 1).copy()), "height": 100,
+               "width": 120}]  # fmt: skip
+    with torch.no_grad():
+        expected = lazy_model(inputs)[0]["instances"]
+        actual = yacs_model(inputs)[0]["instances"]
+    assert len(expected) > 0 and set(actual.get_fields()) == set(expected.get_fields())
+    for field in expected.get_fields():
+        a, e = actual.get(field), expected.get(field)
+        a, e = (a.tensor, e.tensor) if field == "pred_boxes" else (a, e)
+        assert torch.equal(a, e), field

@@ -36,7 +36,7 @@ from multiprocessing import reduction
 from typing import IO, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
-from detectron2.config import LazyConfig, instantiate
+from detectron2.config import instantiate
 from detectron2.data import build_detection_train_loader
 from detectron2.engine import create_ddp_model, default_argument_parser, default_setup, hooks
 from detectron2.engine import launch
@@ -57,6 +57,7 @@ from ..data import (
     register_coco_dataset,
     register_datasets_from_config,
 )
+from ..config.safe_yaml import UnsafeConfigError, add_trust_config_argument, load_lazy_config
 from ..model_zoo import resolve_config_file
 from ..modeling.backbone.mvit import MViT, check_mvit_args
 from ..modeling.backbone.vil import ViL, check_vil_args
@@ -183,6 +184,7 @@ def build_argument_parser() -> argparse.ArgumentParser:
         "be unpickled in full; only for files from a trusted source, since unpickling can run "
         "arbitrary code",
     )
+    add_trust_config_argument(parser)
     return parser
 
 
@@ -306,7 +308,10 @@ def load_config(args: argparse.Namespace, world_size: int = 1) -> DictConfig:
     # A shipped name (e.g. published/mask_rcnn_mvitv2_t_3x.py) becomes its file, also for
     # Detectron2's default_setup, which logs the file's contents.
     args.config_file = _resolve_config_file(args.config_file)
-    cfg = LazyConfig.load(args.config_file)
+    try:
+        cfg = load_lazy_config(args.config_file, trust=getattr(args, "trust_config", False))
+    except UnsafeConfigError as e:
+        raise UsageError(str(e)) from None
     recipe_max_iter = OmegaConf.select(cfg, "train.max_iter", default=None)
     recipe_milestones = OmegaConf.select(cfg, "lr_multiplier.scheduler.milestones", default=None)
     try:

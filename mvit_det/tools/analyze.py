@@ -1,13 +1,17 @@
 """FLOPs, parameters, activations and structure of a detector or its backbone, per module.
 
 The counts are those of Detectron2's ``tools/analyze_model.py`` (fvcore, multiply-adds), with the
-fused attention op counted (see :mod:`mvit_det.analysis`). The input is one synthetic image of
-``--image-size`` after the config's test resize, or the backbone alone at that size
-(``--backbone``).
+fused attention op counted (see :mod:`mvit_det.analysis`). The input is one synthetic image: with
+``--image-size HxW``, the model is given an HxW image exactly (no test resize; the detector pads
+it to its size divisibility); without it, a 480x640 image (a typical COCO image) after the
+config's test resize, as Detectron2's tool feeds dataset images through the test mapper.
+``--backbone`` analyses the backbone alone on the padded, normalised batch. The size used is
+printed and recorded in the JSON report (``requested_image_size``, ``input_size``,
+``input_shape``).
 
 Examples:
   python tools/analyze.py --config mask_rcnn_mvitv2_t.py --tasks flop parameter
-  python tools/analyze.py --config mask_rcnn_mvitv2_b.py --backbone --image-size 1024x1024 \
+  python tools/analyze.py --config mask_rcnn_mvitv2_b.py --backbone --image-size 1024x1024 \\
       --tasks flop activation --max-depth 3 --output output/analysis.json
 """
 
@@ -17,9 +21,8 @@ import argparse
 import json
 import os
 import sys
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
-import numpy as np
 import torch
 from detectron2.export import TracingAdapter
 from detectron2.utils.analysis import FlopCountAnalysis
@@ -28,32 +31,27 @@ from fvcore.nn import parameter_count_table
 
 from ..analysis import register_fvcore_handles
 from ..utils.file_io import atomic_write
-from .loading import LoadedModel, ToolError, add_model_arguments, load_model
+from .loading import LoadedModel, ToolError, add_image_size_argument, add_model_arguments
+from .loading import load_model, synthetic_input
 
 __all__ = ["analyze", "main"]
 
 TASKS = ("flop", "parameter", "activation", "structure")
 
 
-def _size(text: str) -> tuple:
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected HxW such as 800x1216, got {text!r}") from None
-    if h < 1 or w < 1:
-        raise argparse.ArgumentTypeError(f"sides must be >= 1, got {text!r}")
-    return h, w
-
-
-def _inputs(loaded: LoadedModel, size: tuple, backbone: bool) -> Any:
-    """The model's forward arguments for one random image of ``size``."""
-    generator = np.random.default_rng(0)
-    image = generator.integers(0, 256, (*size, 3), dtype=np.uint8)  # (H, W, 3)
-    model_input = loaded.model_input(image)
-    if not backbone:
-        return ([model_input],)
-    # The backbone sees the normalised image padded to the backbone's size divisibility.
-    return (loaded.model.preprocess_image([model_input]).tensor,)
+def _inputs(
+    loaded: LoadedModel, image_size: Optional[Tuple[int, int]], backbone: bool
+) -> Tuple[tuple, Dict[str, Any]]:
+    """The analysed module's forward arguments for one random image, and the sizes to record."""
+    model_input, record = synthetic_input(loaded, image_size)
+    if backbone:
+        # The backbone sees the normalised image padded to the backbone's size divisibility.
+        args: tuple = (loaded.model.preprocess_image([model_input]).tensor,)
+        record["input_shape"] = list(args[0].shape)  # (1, 3, H, W)
+    else:
+        args = ([model_input],)
+        record["input_shape"] = list(model_input["image"].shape)  # (3, H, W)
+    return args, record
 
 
 def _by_module(counts: Dict[str, int], scale: float) -> Dict[str, float]:
@@ -68,7 +66,11 @@ def _by_module(counts: Dict[str, int], scale: float) -> Dict[str, float]:
 
 
 def analyze(
-    loaded: LoadedModel, tasks: List[str], size: tuple, backbone: bool, max_depth: int
+    loaded: LoadedModel,
+    tasks: List[str],
+    image_size: Optional[Tuple[int, int]],
+    backbone: bool,
+    max_depth: int,
 ) -> Dict[str, Any]:
     """
     Runs the analyses.
@@ -76,18 +78,21 @@ def analyze(
     Args:
         loaded: the model.
         tasks: any of "flop", "parameter", "activation", "structure".
-        size: (H, W) of the synthetic image before the test resize.
+        image_size: (H, W) of the image the model gets, exactly; None for a 480x640 image after
+            the config's test resize.
         backbone: analyse ``model.backbone`` instead of the whole detector.
         max_depth: depth of the per-module tables.
 
     Returns:
-        per task: the total, a per-module dict and the printed table.
+        the sizes (``requested_image_size``: the ``image_size`` argument; ``input_size``: (H, W)
+        of the image the model got, before padding; ``input_shape``: the analysed module's input
+        tensor) and per task: the total, a per-module dict and the printed table.
     """
     register_fvcore_handles()
     module = loaded.model.backbone if backbone else loaded.model
-    report: Dict[str, Any] = {"model": "backbone" if backbone else "detector", "image_size": size}
     with torch.no_grad():
-        inputs = _inputs(loaded, size, backbone)
+        inputs, sizes = _inputs(loaded, image_size, backbone)
+        report: Dict[str, Any] = {"model": "backbone" if backbone else "detector", **sizes}
         if "flop" in tasks:
             flops = FlopCountAnalysis(module, inputs)
             flops.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
@@ -120,14 +125,25 @@ def analyze(
     return report
 
 
+def _describe_input(report: Dict[str, Any]) -> str:
+    """Which input the counts are for, in words."""
+    h, w = report["input_size"]
+    requested = report["requested_image_size"]
+    how = (
+        "as --image-size gave it, no test resize" if requested else "480x640 after the test resize"
+    )
+    return (
+        f"input: {h}x{w} image ({how}); the {report['model']} got a tensor of shape "
+        f"{tuple(report['input_shape'])}"
+    )
+
+
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--tasks", nargs="+", choices=TASKS, default=["flop", "parameter"])
-    parser.add_argument(
-        "--image-size", type=_size, default=(800, 1216), help="HxW of the synthetic image"
-    )
+    add_image_size_argument(parser)
     parser.add_argument("--backbone", action="store_true", help="analyse the backbone only")
     parser.add_argument("--max-depth", type=int, default=4, help="depth of the module tables")
     parser.add_argument("--output", default="", help="also write the report as JSON here")
@@ -147,13 +163,21 @@ def main(argv: Optional[List[str]] = None) -> int:
     """
     args = parse_args(argv)
     try:
-        loaded = load_model(args.config, args.weights, args.device, args.opts)
+        loaded = load_model(
+            args.config,
+            args.weights,
+            args.device,
+            args.opts,
+            trust_checkpoint=args.trust_checkpoint,
+            trust_config=args.trust_config,
+        )
     except ToolError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     report = analyze(loaded, args.tasks, args.image_size, args.backbone, args.max_depth)
     for task in args.tasks:
         print(f"\n== {task} ==\n{report[task]['table']}")
+    print(_describe_input(report))
     summary = {
         "flop": lambda r: f"total GFLOPs (multiply-adds): {r['total_gflops']:.3f}",
         "parameter": lambda r: f"total parameters: {r['total_m']:.3f} M",

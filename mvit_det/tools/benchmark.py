@@ -15,10 +15,10 @@ count for the fused attention op). Prints a table and writes JSON.
 
 Examples:
   python tools/benchmark.py --config mask_rcnn_mvitv2_b.py --device cuda --dtype bf16
-  python tools/benchmark.py --config mask_rcnn_mvitv2_t.py --device cpu --dtype fp32 \
+  python tools/benchmark.py --config mask_rcnn_mvitv2_t.py --device cpu --dtype fp32 \\
       --tasks backbone --backbone-mode forward --image-size 512 --batch 1
-  python tools/benchmark.py --config projects/ViL/configs/COCO/mask_rcnn_vil_s_1x.py \
-      --device cpu --dtype fp32 --tasks backbone --image-size 800x1216 --batch 1 \
+  python tools/benchmark.py --config projects/ViL/configs/COCO/mask_rcnn_vil_s_1x.py \\
+      --device cpu --dtype fp32 --tasks backbone --image-size 800x1216 --batch 1 \\
       --compare-attn-impls sdpa,eager
 """
 
@@ -35,10 +35,11 @@ from contextlib import nullcontext
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
-from detectron2.config import LazyConfig, instantiate
+from detectron2.config import instantiate
 from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
 
+from ..config.safe_yaml import load_lazy_config
 from ..model_zoo import resolve_config_file
 from ..modeling import MViT, ViL
 from ..utils.file_io import atomic_write
@@ -136,7 +137,7 @@ def build_models(
     """Ours, and the reference (``reference_mvit``, an MViT class with Detectron2's signature) with
     identical weights when given; or, with --compare-attn-impls, one model per attention core,
     named after it."""
-    cfg = LazyConfig.load(resolve_config_file(args.config))
+    cfg = load_lazy_config(resolve_config_file(args.config))
     impls = [i for i in args.compare_attn_impls.split(",") if i]
     if impls:
         if "dense" in impls and cfg.model.backbone.bottom_up._target_ is not ViL:

@@ -4,16 +4,17 @@ weights (published classification and detection checkpoints) into a Detectron2-r
 for an mvit_det model, and prints a report of the keys.
 
 Examples:
-    python tools/convert_checkpoint.py MViTv2_T_in1k.pyth mvitv2_t_in1k.pkl --model T
-    python tools/convert_checkpoint.py model.safetensors mvitv2_b.pkl --model B
-    python tools/convert_checkpoint.py detectron2://ImageNetPretrained/mvitv2/MViTv2_B_in21k.pyth \\
-        mvitv2_b_in21k.pkl --model configs/cascade_mask_rcnn_mvitv2_b.py
-    python tools/convert_checkpoint.py small1281_relative/model_best.pth vil_s_in1k.pth \
-        --model vil_s [--bias-table bilinear]
+  python tools/convert_checkpoint.py MViTv2_T_in1k.pyth mvitv2_t_in1k.pkl --model T
+  python tools/convert_checkpoint.py model.safetensors mvitv2_b.pkl --model B
+  python tools/convert_checkpoint.py detectron2://ImageNetPretrained/mvitv2/MViTv2_B_in21k.pyth \\
+      mvitv2_b_in21k.pkl --model configs/cascade_mask_rcnn_mvitv2_b.py
+  python tools/convert_checkpoint.py small1281_relative/model_best.pth vil_s_in1k.pth \\
+      --model vil_s --bias-table bilinear
 
 Files are read without running code from them: a file that pickles Python objects besides
-weights is refused unless --trust-checkpoint is given. A URL may end in #sha256=<hex> (or pass
---sha256) to pin the file's digest.
+weights is refused unless --trust-checkpoint is given, and a LazyConfig .yaml given as --model is
+read safely unless --trust-config is given (a .py LazyConfig is Python code and runs). A URL may
+end in #sha256=<hex> (or pass --sha256) to pin the file's digest.
 
 Exit status: 0 on success, 1 when backbone keys are missing, 2 when the input cannot be read or
 does not fit the model, --model is unknown, or the output cannot be written. Nothing is written
@@ -28,30 +29,37 @@ import sys
 from typing import List, Optional, Tuple
 
 import torch.nn as nn
-from detectron2.config import LazyConfig, instantiate
+from detectron2.config import instantiate
 
 from ..checkpoint import CheckpointError, adapt_backbone_state_dict, find_backbone
 from ..checkpoint import nonfinite_tensors, read_checkpoint, save_checkpoint
 from ..checkpoint.vil import BIAS_TABLE_CONVERSIONS
+from ..config.safe_yaml import UnsafeConfigError, add_trust_config_argument, load_lazy_config
 from ..model_zoo import resolve_config_file
 from ..modeling import MVIT_PRESETS, VIL_PRESETS, MViT, ViL, mvit_preset, vil_preset
+from .loading import add_trust_checkpoint_argument
 
 # Where mvit_det's (and Detectron2's) detectors keep the backbone: FPN(bottom_up=MViT or ViL).
 PRESET_PREFIX = "backbone.bottom_up."
 VIL_SIZES = [f"vil_{size.lower()}" for size in VIL_PRESETS]
 
 
-def build_target(model: str) -> Tuple[str, nn.Module]:
+def build_target(model: str, trust_config: bool = False) -> Tuple[str, nn.Module]:
     """
     Builds the backbone whose names and shapes the output must have.
 
     Args:
         model: an MViTv2 size ("T", "S", "B", "L", "H"), a ViL size ("vil_t", "vil_s", "vil_m",
-            "vil_b", "vil_mw", "vil_bw"), or a LazyConfig file or shipped config name whose
-            ``model`` holds an MViT or a ViL (e.g. configs/mask_rcnn_mvitv2_t.py).
+            "vil_b", "vil_mw", "vil_bw"), or a LazyConfig file (``.py`` or ``.yaml``) or shipped
+            config name whose ``model`` holds an MViT or a ViL (e.g.
+            configs/mask_rcnn_mvitv2_t.py).
+        trust_config: read a LazyConfig ``.yaml`` with YAML's full loader.
 
     Returns:
         (name prefix of the backbone in the detector, the backbone).
+
+    Raises:
+        ValueError: an unknown size or config, an unsafe YAML config, no MViT or ViL in it.
     """
     if model.upper() in MVIT_PRESETS:
         return PRESET_PREFIX, MViT(**mvit_preset(model))
@@ -62,7 +70,10 @@ def build_target(model: str) -> Tuple[str, nn.Module]:
     except FileNotFoundError as e:
         sizes = ", ".join(list(MVIT_PRESETS) + VIL_SIZES)
         raise ValueError(f"--model {model!r} is not a size ({sizes}); {e}")
-    detector: nn.Module = instantiate(LazyConfig.load(config_file).model)
+    try:
+        detector: nn.Module = instantiate(load_lazy_config(config_file, trust_config).model)
+    except UnsafeConfigError as e:
+        raise ValueError(str(e)) from None
     found = find_backbone(detector)
     if found is None:
         raise ValueError(f"the model of config {model!r} has no MViT or ViL backbone")
@@ -90,12 +101,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         "'bilinear' resizes the table as the published detection fine-tuning did",
     )
     parser.add_argument("--sha256", help="expected SHA-256 of the input (64 hex digits)")
-    parser.add_argument(
-        "--trust-checkpoint",
-        action="store_true",
-        help="unpickle Python objects of any kind from the input; only for files from a trusted "
-        "source, since unpickling can run arbitrary code",
-    )
+    add_trust_checkpoint_argument(parser)
+    add_trust_config_argument(parser)
     return parser.parse_args(argv)
 
 
@@ -133,7 +140,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     try:
         check_output_path(args.output)
-        prefix, backbone = build_target(args.model)
+        prefix, backbone = build_target(args.model, args.trust_config)
         ckpt = read_checkpoint(args.input, trust=args.trust_checkpoint, sha256=args.sha256)
         state, report = adapt_backbone_state_dict(
             ckpt.state,

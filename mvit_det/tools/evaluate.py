@@ -1,17 +1,21 @@
-"""COCO AP of several configs + weights on one dataset, as one table.
+"""COCO or LVIS AP of several configs + weights on one dataset, as one table.
 
 Each ``--model CONFIG WEIGHTS`` (LazyConfig ``.py`` or yacs ``.yaml``) is evaluated on
-``--dataset`` (default: each config's own test dataset) with Detectron2's COCOEvaluator, using the
-config's test resize. Prints a Markdown table (box AP, mask AP, AP50/AP75, images, ms per image:
-the model call alone, after ``--warmup`` calls) and writes it with the full metrics as JSON and
-Markdown (``--output``).
+``--dataset`` (default: each config's own test dataset) with Detectron2's COCOEvaluator, or its
+LVISEvaluator for LVIS datasets (``lvis_v1_val``, ``--register-lvis``; needs the ``lvis``
+package), using the config's test resize. Prints a Markdown table (box AP, mask AP, AP50/AP75,
+images, ms per image: the model call alone, after ``--warmup`` calls) and writes it with the full
+metrics as JSON and Markdown (``--output``).
+
+Weights and YAML configs are read without running code from them unless ``--trust-checkpoint``
+/ ``--trust-config`` is given (a ``.py`` LazyConfig is Python code and runs).
 
 Examples:
-  python tools/evaluate.py --dataset coco_2017_val \
-      --model mask_rcnn_mvitv2_t.py mask_rcnn_t/model_final.pth \
-      --model cascade_mask_rcnn_mvitv2_t.py cascade_t/model_final.pth \
+  python tools/evaluate.py --dataset coco_2017_val \\
+      --model mask_rcnn_mvitv2_t.py mask_rcnn_t/model_final.pth \\
+      --model cascade_mask_rcnn_mvitv2_t.py cascade_t/model_final.pth \\
       --output output/coco_ap.json
-  python tools/evaluate.py --register-coco mine ann.json images/ --dataset mine \
+  python tools/evaluate.py --register-coco mine ann.json images/ --dataset mine \\
       --model configs/yacs/mask_rcnn_mvitv2_b.yaml model_final.pkl MODEL.ROI_HEADS.NUM_CLASSES 5
 """
 
@@ -28,11 +32,14 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 from detectron2.data import DatasetMapper, build_detection_test_loader
 from detectron2.data import get_detection_dataset_dicts
-from detectron2.evaluation import COCOEvaluator, inference_on_dataset
+from detectron2.evaluation import COCOEvaluator, LVISEvaluator, inference_on_dataset
 
 from ..data import DatasetError, prepare_datasets, register_coco_dataset
+from ..data.lvis import is_lvis_dataset, register_lvis_dataset
 from ..utils.file_io import atomic_write
-from .loading import LoadedModel, ToolError, check_device, load_model
+from ..config.safe_yaml import add_trust_config_argument
+from .loading import LoadedModel, ToolError, add_trust_checkpoint_argument, check_device
+from .loading import load_model
 
 __all__ = ["evaluate_model", "format_table", "main", "TimedModel"]
 
@@ -71,16 +78,16 @@ def evaluate_model(
     loaded: LoadedModel, dataset: str, output_dir: str, warmup: int = 5
 ) -> Dict[str, Any]:
     """
-    COCO evaluation of one loaded model on one dataset.
+    COCO (or, for an LVIS dataset, LVIS) evaluation of one loaded model on one dataset.
 
     Args:
         loaded: the model and its preprocessing.
         dataset: a registered dataset name.
-        output_dir: where COCOEvaluator writes its files.
+        output_dir: where the evaluator writes its files.
         warmup: model calls left out of the time per image.
 
     Returns:
-        ``{"metrics": COCOEvaluator results, "images": n, "ms_per_image": t}``.
+        ``{"metrics": the evaluator's results, "images": n, "ms_per_image": t}``.
     """
     mapper = DatasetMapper(
         is_train=False, augmentations=loaded.augmentations, image_format=loaded.input_format
@@ -89,7 +96,8 @@ def evaluate_model(
         dataset=get_detection_dataset_dicts(dataset, filter_empty=False), mapper=mapper
     )
     timed = TimedModel(loaded.model)
-    evaluator = COCOEvaluator(dataset, output_dir=output_dir)
+    evaluator_type = LVISEvaluator if is_lvis_dataset(dataset) else COCOEvaluator
+    evaluator = evaluator_type(dataset, output_dir=output_dir)
     metrics = inference_on_dataset(timed, loader, evaluator)
     images = sum(n for _, n in timed.calls)
     return {
@@ -135,16 +143,18 @@ def _split_models(groups: List[List[str]]) -> List[Dict[str, Any]]:
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        usage="%(prog)s --model CONFIG WEIGHTS [OVERRIDE ...] [--model ...] [options]",
     )
     parser.add_argument(
         "--model",
         nargs="+",
         action="append",
         required=True,
-        metavar="CONFIG WEIGHTS [OVERRIDE",
-        help="a config, its weights, then optional overrides (key=value for LazyConfigs, "
-        "KEY VALUE for yacs); repeat for each model",
+        metavar="ARG",
+        help="CONFIG WEIGHTS [OVERRIDE ...]: a config, its weights, then optional overrides "
+        "(key=value for LazyConfigs, KEY VALUE for yacs); repeat for each model",
     )
     parser.add_argument("--dataset", default="", help="registered dataset (default: the config's)")
     parser.add_argument(
@@ -155,9 +165,20 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         metavar=("NAME", "JSON_FILE", "IMAGE_ROOT"),
         help="register a COCO-format dataset under NAME (repeatable)",
     )
+    parser.add_argument(
+        "--register-lvis",
+        nargs=3,
+        action="append",
+        default=[],
+        metavar=("NAME", "JSON_FILE", "IMAGE_ROOT"),
+        help="register an LVIS-format dataset under NAME (repeatable; evaluated with "
+        "LVISEvaluator, which needs the lvis package)",
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--warmup", type=int, default=5, help="calls left out of the timing")
     parser.add_argument("--output", default="output/evaluation.json", help="JSON; .md beside it")
+    add_trust_checkpoint_argument(parser)
+    add_trust_config_argument(parser)
     return parser.parse_args(argv)
 
 
@@ -179,11 +200,20 @@ def run(args: argparse.Namespace) -> List[Dict[str, Any]]:
     try:
         for name, json_file, image_root in args.register_coco:
             register_coco_dataset(name, json_file, image_root)
+        for name, json_file, image_root in args.register_lvis:
+            register_lvis_dataset(name, json_file, image_root)
     except DatasetError as e:
         raise ToolError(str(e)) from None
     rows = []
     for entry in models:
-        loaded = load_model(entry["config"], entry["weights"], args.device, entry["opts"])
+        loaded = load_model(
+            entry["config"],
+            entry["weights"],
+            args.device,
+            entry["opts"],
+            trust_checkpoint=args.trust_checkpoint,
+            trust_config=args.trust_config,
+        )
         dataset = args.dataset or loaded.dataset
         try:
             prepare_datasets([dataset])

@@ -10,13 +10,16 @@ What works (see docs/tools.md):
   detector: a valid graph for the input size it was exported at.
 - ONNX with the dynamo exporter (``--exporter dynamo``), backbone: for the export input size.
 
-Every export is run once on the example input and compared with the eager model; the largest
-relative difference per output is printed and stored in ``export.json`` beside the file.
+The example input is one random image: with ``--image-size HxW`` the model is given an HxW image
+exactly (no test resize), else a 480x640 image after the config's test resize. Every export is
+run once on it and compared with the eager model; the input size, the output names (also the
+names of the ONNX graph's outputs) and the largest relative difference per output are printed
+and stored in ``export.json`` beside the file.
 
 Examples:
-  python tools/export.py --config mask_rcnn_mvitv2_t.py --weights model_final.pkl \
+  python tools/export.py --config mask_rcnn_mvitv2_t.py --weights model_final.pkl \\
       --format torchscript --what model --output output/export
-  python tools/export.py --config mask_rcnn_mvitv2_t.py --weights model_final.pkl \
+  python tools/export.py --config mask_rcnn_mvitv2_t.py --weights model_final.pkl \\
       --format onnx --exporter legacy --what backbone --image-size 1024x1024
 """
 
@@ -34,12 +37,14 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 from detectron2.export import TracingAdapter
+from detectron2.export.flatten import DictSchema, InstancesSchema, ListSchema
 from detectron2.modeling import GeneralizedRCNN
 
 from ..checkpoint import find_backbone
 from ..modeling import MViT
 from ..utils.file_io import atomic_write
-from .loading import LoadedModel, ToolError, add_model_arguments, load_model
+from .loading import LoadedModel, ToolError, add_image_size_argument, add_model_arguments
+from .loading import load_model, synthetic_input
 
 __all__ = [
     "compare_outputs",
@@ -47,6 +52,7 @@ __all__ = [
     "export_onnx",
     "export_torchscript",
     "main",
+    "output_names",
     "run_onnx",
 ]
 
@@ -83,8 +89,8 @@ def detector_adapter(model: torch.nn.Module, image: torch.Tensor) -> TracingAdap
 
     Returns:
         Detectron2's TracingAdapter; for R-CNN models its outputs are the instances before
-        resizing to the original image (boxes, classes, mask logits at 28x28, scores, image size),
-        as Detectron2's ``export_model.py`` exports them.
+        resizing to the original image (boxes, classes, 28x28 mask probabilities, scores, image
+        size; see :func:`output_names`), as Detectron2's ``export_model.py`` exports them.
     """
 
     def rcnn_inference(model: GeneralizedRCNN, inputs: List[Dict[str, Any]]) -> Any:
@@ -92,6 +98,37 @@ def detector_adapter(model: torch.nn.Module, image: torch.Tensor) -> TracingAdap
 
     inference = rcnn_inference if isinstance(model, GeneralizedRCNN) else None
     return TracingAdapter(model, [{"image": image}], inference).eval()
+
+
+def output_names(schema: Any) -> List[str]:
+    """
+    Names of the flattened outputs of a TracingAdapter, from its ``outputs_schema``: the
+    Instances fields in Detectron2's order (sorted), then ``image_size``; a list of one element
+    or a dict of one key adds no prefix, other lists their index and dicts their key.
+
+    Args:
+        schema: ``adapter.outputs_schema``, set by the adapter's first call.
+
+    Returns:
+        e.g. ``["pred_boxes", "pred_classes", "pred_masks", "scores", "image_size"]`` for an R-CNN.
+    """
+
+    def names(node: Any, prefix: str) -> List[str]:
+        join = lambda part: f"{prefix}.{part}" if prefix else str(part)  # noqa: E731
+        if isinstance(node, InstancesSchema):
+            fields = [n for key, sub in zip(node.keys, node.schemas) for n in names(sub, join(key))]
+            return fields + [join("image_size")]
+        if isinstance(node, DictSchema):
+            if len(node.keys) == 1:
+                return names(node.schemas[0], prefix)
+            return [n for key, sub in zip(node.keys, node.schemas) for n in names(sub, join(key))]
+        if isinstance(node, ListSchema):
+            if len(node.schemas) == 1:
+                return names(node.schemas[0], prefix)
+            return [n for i, sub in enumerate(node.schemas) for n in names(sub, join(i))]
+        return [prefix or "output"]
+
+    return names(schema, "")
 
 
 def export_torchscript(
@@ -204,22 +241,24 @@ def compare_outputs(actual: Sequence[Any], expected: Sequence[torch.Tensor]) -> 
     return errors
 
 
-def _example(loaded: LoadedModel, size: Tuple[int, int], backbone: bool) -> torch.Tensor:
-    """A random image of ``size`` after the config's test resize: (3, H, W) pixels for the
-    detector, or the normalised, padded (1, 3, H, W) batch for the backbone."""
-    image = np.random.default_rng(0).integers(0, 256, (*size, 3), dtype=np.uint8)
-    model_input = loaded.model_input(image)
+def _example(
+    loaded: LoadedModel, image_size: Optional[Tuple[int, int]], backbone: bool
+) -> Tuple[torch.Tensor, Dict[str, Any]]:
+    """A random image (see :func:`~mvit_det.tools.loading.synthetic_input`): (3, H, W) pixels for
+    the detector, or the normalised, padded (1, 3, H', W') batch for the backbone; and the sizes
+    to record."""
+    model_input, record = synthetic_input(loaded, image_size)
     if not backbone:
-        return model_input["image"].float()
+        return model_input["image"].float(), record
     with torch.no_grad():
-        return loaded.model.preprocess_image([model_input]).tensor
+        return loaded.model.preprocess_image([model_input]).tensor, record
 
 
 def export(
     loaded: LoadedModel,
     fmt: str,
     what: str,
-    size: Tuple[int, int],
+    image_size: Optional[Tuple[int, int]],
     output_dir: str,
     exporter: str = "legacy",
     opset: int = DEFAULT_OPSET,
@@ -232,14 +271,17 @@ def export(
         loaded: the model.
         fmt: "torchscript" or "onnx".
         what: "model" (the detector), "backbone" (MViT + neck) or "mvit" (the MViT alone).
-        size: (H, W) of the example image before the test resize.
+        image_size: (H, W) of the example image the model gets, exactly; None for a 480x640
+            image after the config's test resize.
         output_dir: folder of the exported file.
         exporter: ONNX exporter, "legacy" or "dynamo".
         opset: ONNX opset.
         script: TorchScript by scripting (``what="mvit"`` only) instead of tracing.
 
     Returns:
-        a report: file, format, input shape, output names and relative differences.
+        a report: file, format, the sizes (``requested_image_size``, ``input_size`` of the image
+        before the model's padding, ``input_shape`` of the exported input), output names (the
+        ONNX graph's too) and relative differences.
     """
     if fmt == "onnx" and exporter == "dynamo" and what == "model":
         raise ToolError(
@@ -251,7 +293,7 @@ def export(
             "--script applies to --format torchscript --what mvit (Detectron2's necks and heads "
             "are exported by tracing: leave out --script)"
         )
-    example = _example(loaded, size, what != "model")
+    example, sizes = _example(loaded, image_size, what != "model")
     names: List[str] = []
     if what == "model":
         module: torch.nn.Module = detector_adapter(loaded.model, example)
@@ -264,6 +306,8 @@ def export(
         names = module.names
     with torch.no_grad():
         expected = list(module(example))
+    if what == "model":
+        names = output_names(module.outputs_schema)  # set by the adapter's call
     os.makedirs(output_dir, exist_ok=True)
     suffix = "ts" if fmt == "torchscript" else "onnx"
     path = os.path.join(output_dir, f"{what}.{suffix}")
@@ -278,7 +322,7 @@ def export(
     elif fmt == "torchscript":
         run = export_torchscript(module, example, path)
     else:
-        export_onnx(module, example, path, exporter, opset, names or None)
+        export_onnx(module, example, path, exporter, opset, names)
         run = partial(run_onnx, path)
     with torch.no_grad():
         errors = compare_outputs(run(example), expected)
@@ -287,8 +331,9 @@ def export(
         "format": fmt,
         "exporter": exporter if fmt == "onnx" else "script" if script else "trace",
         "what": what,
+        **sizes,
         "input_shape": list(example.shape),
-        "outputs": names or [f"output{i}" for i in range(len(expected))],
+        "outputs": names,
         "max_relative_difference": errors,
         "config": loaded.config_file,
     }
@@ -297,14 +342,6 @@ def export(
         lambda f: f.write(json.dumps(report, indent=2).encode()),
     )
     return report
-
-
-def _size(text: str) -> Tuple[int, int]:
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected HxW such as 800x1216, got {text!r}") from None
-    return h, w
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -322,9 +359,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument(
         "--script", action="store_true", help="torch.jit.script instead of trace (--what mvit)"
     )
-    parser.add_argument(
-        "--image-size", type=_size, default=(800, 1216), help="HxW of the example image"
-    )
+    add_image_size_argument(parser)
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET)
     parser.add_argument("--output", default="output/export", help="output folder")
     add_model_arguments(parser, weights_required=False)
@@ -343,7 +378,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     """
     args = parse_args(argv)
     try:
-        loaded = load_model(args.config, args.weights, args.device, args.opts)
+        loaded = load_model(
+            args.config,
+            args.weights,
+            args.device,
+            args.opts,
+            trust_checkpoint=args.trust_checkpoint,
+            trust_config=args.trust_config,
+        )
         if not args.weights:
             print("warning: no --weights: exporting the initialisation", file=sys.stderr)
         report = export(
@@ -359,9 +401,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     except ToolError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    errors = ", ".join(f"{e:.1e}" for e in report["max_relative_difference"])
+    errors = ", ".join(
+        f"{name} {e:.1e}" for name, e in zip(report["outputs"], report["max_relative_difference"])
+    )
+    h, w = report["input_size"]
+    how = "--image-size" if report["requested_image_size"] else "480x640 after the test resize"
     print(
-        f"wrote {report['file']} (input {report['input_shape']}); largest relative difference "
-        f"to eager per output: {errors}"
+        f"wrote {report['file']} for a {h}x{w} image ({how}; exported input shape "
+        f"{report['input_shape']}); largest relative difference to eager per output: {errors}"
     )
     return 0

@@ -1,29 +1,61 @@
-"""A detector from a LazyConfig (``.py``) or a yacs config (``.yaml``) plus weights, for the tools.
+"""A detector from a LazyConfig (``.py`` or ``.yaml``) or a yacs config (``.yaml``) plus weights,
+for the tools.
 
-Both kinds give the model, its test-time resize and image format, and the metadata (class names,
+All kinds give the model, its test-time resize and image format, and the metadata (class names,
 COCO category ids) of its test dataset, so that predict, evaluate, export and analyze treat them
-alike.
+alike. Weights and YAML configs are read without running code from them unless the tool is given
+``--trust-checkpoint`` / ``--trust-config`` (a ``.py`` LazyConfig is Python code and runs).
 """
 
 from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from detectron2.config import LazyConfig, get_cfg, instantiate
+import yaml
+from detectron2.config import get_cfg, instantiate
 from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 
 from ..checkpoint import CheckpointError, MViTCheckpointer
+from ..config.safe_yaml import (
+    UnsafeConfigError,
+    add_trust_config_argument,
+    is_yaml,
+    load_lazy_config,
+    merge_yacs_file,
+    yaml_config_kind,
+)
 from ..data import dataset_names
 from ..engine import ConfigOverrideError, apply_overrides_checked
 from ..model_zoo import resolve_config_file
 
-__all__ = ["LoadedModel", "ToolError", "add_model_arguments", "check_device", "load_model"]
+__all__ = [
+    "DEFAULT_IMAGE_SIZE",
+    "LoadedModel",
+    "ToolError",
+    "add_image_size_argument",
+    "add_model_arguments",
+    "add_trust_checkpoint_argument",
+    "check_device",
+    "load_model",
+    "parse_image_size",
+    "synthetic_input",
+]
+
+TRUST_CHECKPOINT_HELP = (
+    "unpickle Python objects of any kind from the weights (by default only tensors and plain "
+    "data are read); only for files from a trusted source, since unpickling can run arbitrary "
+    "code"
+)
+# The synthetic image of export and analyze when no --image-size is given: a typical COCO image
+# (480x640), which the config's test resize then scales, as Detectron2's analyze_model.py feeds
+# dataset images through the test mapper.
+DEFAULT_IMAGE_SIZE = (480, 640)
 
 
 class ToolError(RuntimeError):
@@ -74,13 +106,32 @@ class LoadedModel:
         return {"image": tensor.to(self.device), "height": height, "width": width}
 
 
+def add_trust_checkpoint_argument(parser: argparse.ArgumentParser) -> None:
+    """
+    Adds ``--trust-checkpoint`` (``args.trust_checkpoint``), the one definition every tool that
+    reads weights shares.
+
+    Args:
+        parser: a tool's argument parser.
+    """
+    parser.add_argument("--trust-checkpoint", action="store_true", help=TRUST_CHECKPOINT_HELP)
+
+
 def add_model_arguments(parser: argparse.ArgumentParser, weights_required: bool) -> None:
-    """The ``--config``, ``--weights``, ``--device`` and ``--opts`` (last) options."""
+    """
+    The ``--config``, ``--weights``, ``--device``, ``--trust-checkpoint``, ``--trust-config`` and
+    ``--opts`` (last) options.
+
+    Args:
+        parser: a tool's argument parser.
+        weights_required: whether ``--weights`` must be given.
+    """
     parser.add_argument(
         "--config",
         required=True,
-        help="LazyConfig (.py: a path or shipped name such as mask_rcnn_mvitv2_t.py) or yacs "
-        "config (.yaml, e.g. configs/yacs/mask_rcnn_mvitv2_t.yaml)",
+        help="LazyConfig (.py: a path or shipped name such as mask_rcnn_mvitv2_t.py; or the "
+        ".yaml a training run saves) or yacs config (.yaml, e.g. "
+        "configs/yacs/mask_rcnn_mvitv2_t.yaml)",
     )
     parser.add_argument(
         "--weights",
@@ -89,6 +140,8 @@ def add_model_arguments(parser: argparse.ArgumentParser, weights_required: bool)
         help="checkpoint: path or URL, any format MViTCheckpointer reads",
     )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_trust_checkpoint_argument(parser)
+    add_trust_config_argument(parser)
     parser.add_argument(
         "--opts",
         nargs=argparse.REMAINDER,
@@ -105,43 +158,59 @@ def check_device(device: str) -> None:
 
 
 def load_model(
-    config: str, weights: str = "", device: str = "cpu", opts: Sequence[str] = ()
+    config: str,
+    weights: str = "",
+    device: str = "cpu",
+    opts: Sequence[str] = (),
+    *,
+    trust_checkpoint: bool = False,
+    trust_config: bool = False,
 ) -> LoadedModel:
     """
     Builds the detector of a config and loads its weights.
 
     Args:
-        config: a LazyConfig (path or shipped name) or a yacs ``.yaml``.
+        config: a LazyConfig (``.py`` path or shipped name, or a LazyConfig ``.yaml`` such as the
+            ``config.yaml`` of a training run) or a yacs ``.yaml``.
         weights: checkpoint path or URL; "" keeps the initialisation (analysis only).
         device: "cpu", "cuda", "cuda:1", ...
         opts: overrides, ``key=value`` (LazyConfig) or ``KEY VALUE`` pairs (yacs).
+        trust_checkpoint: unpickle Python objects of any kind from the weights.
+        trust_config: read a YAML config with YAML's full loader (``!!python/...`` tags).
 
     Returns:
         the loaded model and its preprocessing.
 
     Raises:
-        ToolError: unknown config, bad override, unreadable or unfitting weights, no CUDA.
+        ToolError: unknown or unsafe config, bad override, unreadable, unsafe or unfitting
+            weights, no CUDA.
     """
     check_device(device)
     try:
         config_file = resolve_config_file(config)
     except FileNotFoundError as e:
         raise ToolError(str(e)) from None
-    if config_file.endswith((".yaml", ".yml")):
-        loaded = _load_yacs(config_file, device, opts)
-    else:
-        loaded = _load_lazy(config_file, device, opts)
+    try:
+        if is_yaml(config_file) and yaml_config_kind(config_file) == "yacs":
+            loaded = _load_yacs(config_file, device, opts, trust_config)
+        else:
+            loaded = _load_lazy(
+                load_lazy_config(config_file, trust_config), config_file, device, opts
+            )
+    except UnsafeConfigError as e:
+        raise ToolError(str(e)) from None
+    except yaml.YAMLError as e:
+        raise ToolError(f"config {config_file} is not valid YAML: {e}") from None
     if weights:
         try:
-            MViTCheckpointer(loaded.model).load(weights)
+            MViTCheckpointer(loaded.model, trust=trust_checkpoint).load(weights)
         except CheckpointError as e:
             raise ToolError(str(e)) from None
     loaded.model.eval()
     return loaded
 
 
-def _load_lazy(config_file: str, device: str, opts: Sequence[str]) -> LoadedModel:
-    cfg = LazyConfig.load(config_file)
+def _load_lazy(cfg: Any, config_file: str, device: str, opts: Sequence[str]) -> LoadedModel:
     try:
         apply_overrides_checked(cfg, opts)
     except ConfigOverrideError as e:
@@ -156,11 +225,13 @@ def _load_lazy(config_file: str, device: str, opts: Sequence[str]) -> LoadedMode
     )
 
 
-def _load_yacs(config_file: str, device: str, opts: Sequence[str]) -> LoadedModel:
-    cfg = get_cfg()  # has MODEL.MVIT: importing mvit_det adds it to Detectron2's defaults
+def _load_yacs(config_file: str, device: str, opts: Sequence[str], trust: bool) -> LoadedModel:
+    cfg = get_cfg()  # has MODEL.MVIT / MODEL.VIL: importing mvit_det adds them to the defaults
     try:
-        cfg.merge_from_file(config_file)
+        merge_yacs_file(cfg, config_file, trust)
         cfg.merge_from_list(list(opts))
+    except UnsafeConfigError:
+        raise  # its own message (load_model turns it into a ToolError)
     except (KeyError, ValueError, AssertionError) as e:
         raise ToolError(f"yacs config {config_file} with overrides {list(opts)}: {e}") from None
     cfg.MODEL.DEVICE = device
@@ -172,3 +243,67 @@ def _load_yacs(config_file: str, device: str, opts: Sequence[str]) -> LoadedMode
         dataset=cfg.DATASETS.TEST[0],
         config_file=config_file,
     )
+
+
+def parse_image_size(text: str) -> Tuple[int, int]:
+    """
+    ``HxW`` (e.g. ``800x1216``) as (H, W), for argparse.
+
+    Raises:
+        argparse.ArgumentTypeError: not two positive integers.
+    """
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxW such as 800x1216, got {text!r}") from None
+    if h < 1 or w < 1:
+        raise argparse.ArgumentTypeError(f"sides must be >= 1, got {text!r}")
+    return h, w
+
+
+def add_image_size_argument(parser: argparse.ArgumentParser) -> None:
+    """
+    Adds ``--image-size HxW`` (``args.image_size``, None when not given), shared by export and
+    analyze.
+
+    Args:
+        parser: a tool's argument parser.
+    """
+    h, w = DEFAULT_IMAGE_SIZE
+    parser.add_argument(
+        "--image-size",
+        type=parse_image_size,
+        default=None,
+        metavar="HxW",
+        help="the size of the image the model is given, exactly (the config's test resize is "
+        f"not applied; the model pads it to its size divisibility). Default: a {h}x{w} image "
+        "after the config's test resize, as a dataset image through the test mapper",
+    )
+
+
+def synthetic_input(
+    loaded: LoadedModel, image_size: Optional[Tuple[int, int]]
+) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """
+    One random image as a model input, for export and analysis.
+
+    Args:
+        loaded: the model and its preprocessing.
+        image_size: (H, W) of the model input, exactly (no test resize); None for a
+            :data:`DEFAULT_IMAGE_SIZE` image after the config's test resize.
+
+    Returns:
+        the model input (``{"image": (3, H, W) tensor in the model's format, "height", "width"}``)
+        and what to record: ``{"requested_image_size": [H, W] or None, "input_size": [H, W] of the
+        image the model gets, before its padding}``.
+    """
+    size = image_size or DEFAULT_IMAGE_SIZE
+    image = np.random.default_rng(0).integers(0, 256, (*size, 3), dtype=np.uint8)  # (H, W, 3)
+    if image_size is None:
+        model_input = loaded.model_input(image)
+    else:
+        tensor = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))  # (3, H, W)
+        model_input = {"image": tensor.to(loaded.device), "height": size[0], "width": size[1]}
+    used = list(model_input["image"].shape[-2:])
+    record = {"requested_image_size": list(image_size) if image_size else None, "input_size": used}
+    return model_input, record

@@ -378,14 +378,16 @@ class LongformerAttention(nn.Module):
         k_c = _key_regions(k_map, k_glob, w, d + 1, penalty, extra)
         width = k_c.shape[-1]  # (B, nh, rows, cols, S, width)
         v_c = _key_regions(v_map, v_glob, w, width)
-        rows, cols = k_c.shape[2:4]
-        # Chunks take the place of SDPA's heads dimension: (B * nh, rows * cols, tokens, width)
-        shape = (B * nh, rows * cols, -1, width)
+        rows, cols, S = k_c.shape[2:5]
+        # Chunks take the place of SDPA's heads dimension: (B * nh, rows * cols, tokens, width).
+        # Every size is explicit (no -1), so that an empty batch (B = 0) reshapes too.
+        q_shape = (B * nh, rows * cols, w2, width)
+        kv_shape = (B * nh, rows * cols, S, width)
         mask = None
         if not fold_bias:  # (B * nh, 1, w^2, S): one bias block per head, for all chunks
-            mask = bias[None].expand(B, -1, -1, -1).reshape(B * nh, 1, w2, -1)
+            mask = bias[None].expand(B, -1, -1, -1).reshape(B * nh, 1, w2, S)
         out = F.scaled_dot_product_attention(
-            q_c.view(shape), k_c.view(shape), v_c.view(shape), attn_mask=mask, scale=1.0
+            q_c.view(q_shape), k_c.view(kv_shape), v_c.view(kv_shape), attn_mask=mask, scale=1.0
         )
         return out.view(B, nh, rows, cols, w2, width)
 
@@ -424,11 +426,11 @@ class LongformerAttention(nn.Module):
         if G:
             to_global = self.g2l_relative_position_bias[1].to(q.dtype)[:, None, :]
             mask = torch.cat([to_global.expand(-1, L, -1), mask], dim=-1)  # (nh, L, N)
-        heads = (B, -1, nh, d)
+        N = k.shape[1]  # explicit token counts (no -1): an empty batch reshapes too
         out = F.scaled_dot_product_attention(
-            q.view(heads).transpose(1, 2),
-            k.reshape(heads).transpose(1, 2),
-            v.reshape(heads).transpose(1, 2),
+            q.view(B, L, nh, d).transpose(1, 2),
+            k.reshape(B, N, nh, d).transpose(1, 2),
+            v.reshape(B, N, nh, d).transpose(1, 2),
             attn_mask=mask[None],
             scale=self.scale,
         )  # (B, nh, L, d)
