@@ -564,6 +564,102 @@ FAULTS = [
         tests=["tests/test_tools.py::test_predict_category_ids_of_a_coco_json_dataset"],
     ),
     dict(
+        name="yacs_yaml_read_unsafely",
+        what="yacs YAMLs read with Python tags enabled",
+        file="mvit_det/config/safe_yaml.py",
+        old="cfg.merge_from_file(path, allow_unsafe=trust)",
+        new="cfg.merge_from_file(path, allow_unsafe=True)",
+        tests=[
+            "tests/test_safe_yaml.py::test_yacs_python_tags_are_refused_in_the_file_and_its_bases"
+        ],
+    ),
+    dict(
+        name="lazy_yaml_read_unsafely",
+        what="LazyConfig YAMLs read in full without the opt-in",
+        file="mvit_det/config/safe_yaml.py",
+        old="    if trust:\n        return LazyConfig.load(path)",
+        new="    if True:\n        return LazyConfig.load(path)",
+        tests=[
+            "tests/test_safe_yaml.py::test_lazy_yaml_python_tags_are_refused_without_running_code"
+        ],
+    ),
+    dict(
+        name="tools_ignore_trust_checkpoint",
+        what="the tools' --trust-checkpoint never reaches the checkpointer",
+        file="mvit_det/tools/loading.py",
+        old="MViTCheckpointer(loaded.model, trust=trust_checkpoint)",
+        new="MViTCheckpointer(loaded.model)",
+        tests=[
+            "tests/test_tools.py::test_tools_read_the_converters_pkl_and_refuse_pickled_objects"
+        ],
+    ),
+    dict(
+        name="predict_outputs_overwrite",
+        what="a.jpg and a.png in one input write the same output file",
+        file="mvit_det/tools/predict.py",
+        old='        return (name if count == 1 else f"{name}_{count}") + extension',
+        new="        return os.path.splitext(name)[0] + extension",
+        tests=["tests/test_tools.py::test_predict_skips_bad_inputs_and_keeps_output_names_apart"],
+    ),
+    dict(
+        name="predict_pixel_limit_unchecked",
+        what="predict decodes images larger than --max-image-pixels",
+        file="mvit_det/tools/predict.py",
+        old="            _check_pixels(width, height, max_pixels)\n            return",
+        new="            return",
+        tests=["tests/test_tools.py::test_predict_skips_bad_inputs_and_keeps_output_names_apart"],
+    ),
+    dict(
+        name="vil_empty_batch",
+        what="ViL's fused core fails on an empty batch",
+        file="mvit_det/modeling/backbone/vil_attention.py",
+        old="        q_shape = (B * nh, rows * cols, w2, width)",
+        new="        q_shape = (B * nh, -1, w2, width)",
+        tests=["tests/test_vil_backbone.py::test_empty_batch_gives_empty_maps_and_gradients"],
+    ),
+    dict(
+        name="training_tool_reads_yaml_unsafely",
+        what="the training tool reads LazyConfig YAMLs in full without --trust-config",
+        file="mvit_det/engine/train_net.py",
+        old='cfg = load_lazy_config(args.config_file, trust=getattr(args, "trust_config", False))',
+        new="cfg = load_lazy_config(args.config_file, trust=True)",
+        tests=[
+            "tests/test_train_net.py::test_lazy_yaml_config_with_python_tags_is_refused_unless_trusted"
+        ],
+    ),
+    dict(
+        name="training_tool_config_name_unresolved",
+        what="the training tool takes only paths, not shipped config names",
+        file="mvit_det/engine/train_net.py",
+        old="    args.config_file = _resolve_config_file(args.config_file)\n",
+        new="",
+        tests=["tests/test_train_net.py::test_shipped_config_by_name"],
+    ),
+    dict(
+        name="published_multiscale_crop",
+        what="the published multi-scale recipe crops 384-640 instead of 384-600",
+        file="configs/common/coco_multiscale.py",
+        old="crop_size=(384, 600)",
+        new="crop_size=(384, 640)",
+        tests=["tests/test_published_configs.py::test_data"],
+    ),
+    dict(
+        name="published_l_milestone",
+        what="a milestone of the published L LSJ recipe off by one iteration",
+        file="configs/published/cascade_mask_rcnn_mvitv2_l_in21k_lsj_50ep.py",
+        old="[81944, 88773]",
+        new="[81944, 88774]",
+        tests=["tests/test_published_configs.py::test_schedule_and_train_settings"],
+    ),
+    dict(
+        name="published_vitdet_square_pad",
+        what="the ViTDet-style recipes pad to 1280 instead of 1024",
+        file="configs/common/cascade_mask_rcnn_mvitv2_vitdet.py",
+        old="model.backbone.square_pad = 1024",
+        new="model.backbone.square_pad = 1280",
+        tests=["tests/test_published_configs.py::test_model_and_optimizer_equal_the_reference"],
+    ),
+    dict(
         name="yacs_test_resize_differs",
         what="the yacs YAMLs test at another size than their LazyConfigs",
         file="configs/yacs/Base-Mask-RCNN-MViTv2.yaml",
