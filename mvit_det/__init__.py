@@ -1,27 +1,63 @@
 """mvit_det: MViTv2 with Hybrid Window Attention, and ViL, as Detectron2 backbones.
 
-Importing it registers, for Detectron2's own tools: the yacs backbone builder
-(``build_mvit_fpn_backbone``), the synthetic ``shapes_train`` / ``shapes_val`` datasets and the
-fvcore FLOP count of the fused attention op.
+Importing mvit_det changes three globals of Detectron2 and fvcore, all in :func:`install` below
+(and nowhere else), so that Detectron2's own tools and configs can use its models:
+
+- Detectron2's default yacs config gets the keys of every backbone family (``MODEL.MVIT``,
+  ``MODEL.VIL``, ...) and its backbone registry the families' builders
+  (``build_mvit_fpn_backbone``, ...), also for families registered later;
+- Detectron2's dataset catalog gets the synthetic ``shapes_train`` / ``shapes_val`` datasets;
+- fvcore's default FLOP handles get a count of ``aten::scaled_dot_product_attention`` (see
+  :mod:`mvit_det.analysis`), so that every ``FlopCountAnalysis`` counts the fused attention.
 """
 
-from . import data  # noqa: F401  (registers the shapes datasets)
 from .analysis import register_fvcore_handles
-from .checkpoint import MViTCheckpointer
+from .checkpoint import BackboneCheckpointer, MViTCheckpointer
 from .config import (
+    add_backbone_config,
     add_mvit_config,
     add_vil_config,
+    apply_backbone_preset,
     apply_mvit_preset,
     apply_vil_preset,
+    backbone_kwargs_from_cfg,
     build_mvit_fpn_backbone,
+    build_retinanet_vil_fpn_backbone,
+    build_vil_fpn_backbone,
+    install_family,
     mvit_kwargs_from_cfg,
     vil_kwargs_from_cfg,
 )
-from .modeling import MVIT_PRESETS, VIL_PRESETS, MViT, ViL, build_mvit_fpn, mvit_preset, vil_preset
+from .data import register_shapes_dataset
+from .modeling import (
+    MVIT_PRESETS,
+    VIL_PRESETS,
+    BackboneFamily,
+    MViT,
+    ViL,
+    build_backbone_fpn,
+    build_mvit_fpn,
+    build_retinanet_fpn,
+    families,
+    get_family,
+    mvit_preset,
+    register_family,
+    vil_preset,
+)
+from .modeling.backbones import on_register
 
 __version__ = "0.1.0"
 
-register_fvcore_handles()
+
+def install() -> None:
+    """The changes to Detectron2's and fvcore's globals that ``import mvit_det`` makes (see the
+    module's docstring); idempotent."""
+    on_register(install_family)
+    register_shapes_dataset()
+    register_fvcore_handles()
+
+
+install()
 
 __all__ = [
     "MVIT_PRESETS",
@@ -37,6 +73,19 @@ __all__ = [
     "ViL",
     "add_vil_config",
     "apply_vil_preset",
+    "build_retinanet_vil_fpn_backbone",
+    "build_vil_fpn_backbone",
     "vil_kwargs_from_cfg",
     "vil_preset",
+    "BackboneCheckpointer",
+    "BackboneFamily",
+    "add_backbone_config",
+    "apply_backbone_preset",
+    "backbone_kwargs_from_cfg",
+    "build_backbone_fpn",
+    "build_retinanet_fpn",
+    "families",
+    "get_family",
+    "install",
+    "register_family",
 ]

@@ -13,7 +13,7 @@ FAULTS = [
     dict(
         name="mvit_rel_pos_sign",
         what="relative-position index with the query/key offset's sign flipped",
-        file="mvit_det/modeling/backbone/utils.py",
+        file="mvit_det/modeling/backbones/mvit/geometry.py",
         old="index = (q_coords - k_coords) + (k_size - 1) * k_scale",
         new="index = (k_coords - q_coords) + (k_size - 1) * k_scale",
         tests=[MVIT_REFERENCE],
@@ -21,7 +21,7 @@ FAULTS = [
     dict(
         name="mvit_rel_pos_tables_swapped",
         what="the height table used for widths and the width table for heights",
-        file="mvit_det/modeling/backbone/attention.py",
+        file="mvit_det/modeling/backbones/mvit/attention.py",
         old="rel_pos_h, rel_pos_w = self.rel_pos_h, self.rel_pos_w",
         new="rel_pos_h, rel_pos_w = self.rel_pos_w, self.rel_pos_h",
         tests=[MVIT_REFERENCE],
@@ -29,7 +29,7 @@ FAULTS = [
     dict(
         name="mvit_rel_terms_swapped",
         what="the decomposed height and width terms returned in the wrong order",
-        file="mvit_det/modeling/backbone/utils.py",
+        file="mvit_det/modeling/backbones/mvit/geometry.py",
         old="return rel_h.flatten(-3, -2), rel_w.flatten(-3, -2)",
         new="return rel_w.flatten(-3, -2), rel_h.flatten(-3, -2)",
         tests=[MVIT_REFERENCE],
@@ -37,7 +37,7 @@ FAULTS = [
     dict(
         name="mvit_residual_pooling_adds_k",
         what="the residual pooling connection adds the pooled keys instead of the queries",
-        file="mvit_det/modeling/backbone/attention.py",
+        file="mvit_det/modeling/backbones/mvit/attention.py",
         old="out = out + q",
         new="out = out + k",
         tests=[MVIT_REFERENCE],
@@ -45,7 +45,7 @@ FAULTS = [
     dict(
         name="mvit_kv_stride_not_doubled",
         what="the kv stride of the last blocks of stages 3 and 4 not doubled",
-        file="mvit_det/modeling/backbone/mvit.py",
+        file="mvit_det/modeling/backbones/mvit/model.py",
         old="block_kv *= 2",
         new="block_kv *= 1",
         tests=[MVIT_REFERENCE],
@@ -53,7 +53,7 @@ FAULTS = [
     dict(
         name="mvit_window_not_halved",
         what="the attention window not halved from stage to stage",
-        file="mvit_det/modeling/backbone/mvit.py",
+        file="mvit_det/modeling/backbones/mvit/model.py",
         old="window //= 2",
         new="window //= 1",
         tests=[MVIT_REFERENCE],
@@ -61,7 +61,7 @@ FAULTS = [
     dict(
         name="mvit_drop_path_quadratic",
         what="stochastic depth rising quadratically instead of linearly over the blocks",
-        file="mvit_det/modeling/backbone/mvit.py",
+        file="mvit_det/modeling/backbones/mvit/model.py",
         old="drop_path=drop_path_rate * i / max(depth - 1, 1),",
         new="drop_path=drop_path_rate * (i / max(depth - 1, 1)) ** 2,",
         tests=["tests/test_backbone.py::test_drop_path_rises_linearly_over_all_blocks"],
@@ -69,24 +69,24 @@ FAULTS = [
     dict(
         name="mvit_fused_core_drops_rel_w",
         what="the fused attention core drops the width relative-position terms",
-        file="mvit_det/modeling/backbone/attention.py",
-        old="[q * self.scale, rel_h, rel_w, q.new_zeros",
-        new="[q * self.scale, rel_h, rel_w * 0, q.new_zeros",
+        file="mvit_det/modeling/backbones/mvit/cores.py",
+        old="[q * scale, rel_h, rel_w, q.new_zeros",
+        new="[q * scale, rel_h, rel_w * 0, q.new_zeros",
         tests=[MVIT_REFERENCE],
     ),
     dict(
         name="mvit_fused_core_low_precision_rel_pos",
         what="under autocast the fused core loses the width relative-position terms",
-        file="mvit_det/modeling/backbone/attention.py",
-        old="        rel_h, rel_w = decomposed_rel_pos_terms(q, *tables, q_hw)\n        k_h, k_w",
-        new="        rel_h, rel_w = decomposed_rel_pos_terms(q, *tables, q_hw)\n"
-        "        if q.dtype != torch.float32:\n            rel_w = rel_w * 0\n        k_h, k_w",
+        file="mvit_det/modeling/backbones/mvit/cores.py",
+        old="    rel_h, rel_w = decomposed_rel_pos_terms(q, tables[0], tables[1], q_hw)\n    k_h, k_w",
+        new="    rel_h, rel_w = decomposed_rel_pos_terms(q, tables[0], tables[1], q_hw)\n"
+        "    if q.dtype != torch.float32:\n        rel_w = rel_w * 0\n    k_h, k_w",
         tests=["tests/test_attention.py::test_fused_is_as_accurate_as_eager_under_autocast"],
     ),
     dict(
         name="vil_fused_core_low_precision_bias",
         what="under autocast the ViL fused core loses the relative-position bias",
-        file="mvit_det/modeling/backbone/vil_attention.py",
+        file="mvit_det/modeling/backbones/vil/cores.py",
         old="extra = bias.transpose(1, 2)  # (nh, S, w^2)",
         new="extra = bias.transpose(1, 2) * (1 if dtype == torch.float32 else 0)",
         tests=["tests/test_vil_backbone.py::test_bf16_autocast_is_close_to_fp32"],
@@ -95,7 +95,7 @@ FAULTS = [
     dict(
         name="vil_residual_from_norm",
         what="ViL attention residual taken from norm(x) instead of x",
-        file="mvit_det/modeling/backbone/vil.py",
+        file="mvit_det/modeling/backbones/vil/model.py",
         old="        return x + self.drop_path(self.attn(self.norm(x), hw))",
         new="        h = self.norm(x)\n        return h + self.drop_path(self.attn(h, hw))",
         tests=[VIL_REFERENCE],
@@ -103,7 +103,7 @@ FAULTS = [
     dict(
         name="vil_globals_not_dropped",
         what="a stage's global tokens passed on to the next stage's map",
-        file="mvit_det/modeling/backbone/vil.py",
+        file="mvit_det/modeling/backbones/vil/model.py",
         old="local = tokens[:, self.num_global_tokens[i] :]",
         new="local = tokens[:, : tokens.shape[1] - self.num_global_tokens[i]]",
         tests=[VIL_REFERENCE],
@@ -111,7 +111,7 @@ FAULTS = [
     dict(
         name="vil_patch_padding_left",
         what="partial patches padded at the top/left instead of the bottom/right",
-        file="mvit_det/modeling/backbone/vil.py",
+        file="mvit_det/modeling/backbones/vil/model.py",
         old="x = F.pad(x, (0, pad_w, 0, pad_h))",
         new="x = F.pad(x, (pad_w, 0, pad_h, 0))",
         tests=[VIL_REFERENCE],
@@ -119,7 +119,7 @@ FAULTS = [
     dict(
         name="vil_mlp_without_prenorm",
         what="the MLP block skips its pre-norm",
-        file="mvit_det/modeling/backbone/vil.py",
+        file="mvit_det/modeling/backbones/vil/model.py",
         old="return x + self.drop_path(self.mlp(self.norm(x)))",
         new="return x + self.drop_path(self.mlp(x))",
         tests=[VIL_REFERENCE],
@@ -127,7 +127,7 @@ FAULTS = [
     dict(
         name="vil_bias_index_sign",
         what="relative-position bias looked up with the row offset's sign flipped",
-        file="mvit_det/modeling/backbone/vil_attention.py",
+        file="mvit_det/modeling/backbones/vil/geometry.py",
         old="dr = (q[:, None] - k[None, :])[:, None, :, None]",
         new="dr = (k[None, :] - q[:, None])[:, None, :, None]",
         tests=[VIL_REFERENCE],
@@ -135,7 +135,7 @@ FAULTS = [
     dict(
         name="vil_exact_window_off_by_one",
         what="the exact window one token too narrow",
-        file="mvit_det/modeling/backbone/vil_attention.py",
+        file="mvit_det/modeling/backbones/vil/geometry.py",
         old="far = (q[:, None] - k[None, :]).abs() > w",
         new="far = (q[:, None] - k[None, :]).abs() >= w",
         tests=[VIL_REFERENCE],
@@ -143,7 +143,7 @@ FAULTS = [
     dict(
         name="vil_g2l_bias_swapped",
         what="local->global bias taken from the global->local row",
-        file="mvit_det/modeling/backbone/vil_attention.py",
+        file="mvit_det/modeling/backbones/vil/attention.py",
         old="to_global = self.g2l_relative_position_bias[1].to(dtype)",
         new="to_global = self.g2l_relative_position_bias[0].to(dtype)",
         tests=[VIL_REFERENCE],
@@ -151,7 +151,7 @@ FAULTS = [
     dict(
         name="vil_separate_global_proj_ignored",
         what="separate global projections: the globals use the local proj",
-        file="mvit_det/modeling/backbone/vil_attention.py",
+        file="mvit_det/modeling/backbones/vil/attention.py",
         old="out_global = (self.proj if shared else self.proj_global)(out_global)",
         new="out_global = self.proj(out_global)",
         tests=[VIL_REFERENCE],
@@ -159,10 +159,61 @@ FAULTS = [
     dict(
         name="vil_eager_padding_unmasked",
         what="the explicit core lets queries attend the zero padding around the map",
-        file="mvit_det/modeling/backbone/vil_attention.py",
+        file="mvit_det/modeling/backbones/vil/cores.py",
         old='scores = scores.masked_fill(outside, float("-inf"))',
         new="scores = scores",
         tests=[VIL_REFERENCE],
+    ),
+    # ------------------------------------------------------------------ backbone families
+    dict(
+        name="fused_width_not_aligned",
+        what="the fused cores ignore the width multiple the device's kernels want",
+        file="mvit_det/modeling/fused_attention.py",
+        old="    return ceil_div(head_dim + extra, multiple) * multiple",
+        new="    return head_dim + extra",
+        tests=["tests/test_flop_count.py"],
+    ),
+    dict(
+        name="sdpa_flops_at_padded_width",
+        what="the fused attention op counted at its padded width",
+        file="mvit_det/analysis.py",
+        old="    qk_width = real_width if real_width < v_width else q[-1]",
+        new="    qk_width = q[-1]",
+        tests=["tests/test_flop_count.py"],
+    ),
+    dict(
+        name="family_yacs_builders_not_installed",
+        what="a registered family's yacs builders never reach Detectron2's registry",
+        file="mvit_det/config/yacs.py",
+        old="        if name not in BACKBONE_REGISTRY:",
+        new="        if False:",
+        tests=["tests/test_backbone_family.py::test_yacs_keys_and_builder"],
+    ),
+    dict(
+        name="family_weight_options_dropped",
+        what="the conversion tool does not pass a family's weight options on",
+        file="mvit_det/checkpoint/backbones.py",
+        old="        **{k: v for k, v in options.items() if k in own},",
+        new="",
+        tests=["tests/test_backbone_family.py::test_weights_convert_and_load"],
+    ),
+    dict(
+        name="benchmark_backbone_at_bottom_up",
+        what="the benchmark sets the attention core at model.backbone.bottom_up only",
+        file="mvit_det/tools/benchmark.py",
+        old="    backbone.node.attn_impl = args.attn_impl",
+        new="    cfg.model.backbone.bottom_up.attn_impl = args.attn_impl",
+        tests=[
+            "tests/test_benchmark_configs.py::test_benchmark_runs_the_simple_feature_pyramid_config"
+        ],
+    ),
+    dict(
+        name="matching_heuristics_query_ignored",
+        what="?matching_heuristics=True is read off the path but not applied",
+        file="mvit_det/checkpoint/checkpointer.py",
+        old='                checkpoint["matching_heuristics"] = True',
+        new="                pass",
+        tests=["tests/test_checkpoint_queries.py"],
     ),
     # ------------------------------------------------------------------ checkpoints, resume, tools
     dict(
@@ -587,8 +638,8 @@ FAULTS = [
         name="tools_ignore_trust_checkpoint",
         what="the tools' --trust-checkpoint never reaches the checkpointer",
         file="mvit_det/tools/loading.py",
-        old="MViTCheckpointer(loaded.model, trust=trust_checkpoint)",
-        new="MViTCheckpointer(loaded.model)",
+        old="BackboneCheckpointer(loaded.model, trust=trust_checkpoint)",
+        new="BackboneCheckpointer(loaded.model)",
         tests=[
             "tests/test_tools.py::test_tools_read_the_converters_pkl_and_refuse_pickled_objects"
         ],
@@ -612,9 +663,9 @@ FAULTS = [
     dict(
         name="vil_empty_batch",
         what="ViL's fused core fails on an empty batch",
-        file="mvit_det/modeling/backbone/vil_attention.py",
-        old="        q_shape = (B * nh, rows * cols, w2, width)",
-        new="        q_shape = (B * nh, -1, w2, width)",
+        file="mvit_det/modeling/backbones/vil/cores.py",
+        old="    q_shape = (B * nh, rows * cols, w2, width)",
+        new="    q_shape = (B * nh, -1, w2, width)",
         tests=["tests/test_vil_backbone.py::test_empty_batch_gives_empty_maps_and_gradients"],
     ),
     dict(

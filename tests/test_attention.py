@@ -6,8 +6,13 @@ import pytest
 import torch
 
 from mvit_det import MViT
-from mvit_det.modeling.backbone.attention import MultiScaleAttention, resolve_attn_impl
-from mvit_det.modeling.backbone.utils import window_bands, window_partition, window_unpartition
+from mvit_det.modeling.backbones.mvit import MultiScaleAttention, resolve_attn_impl
+from mvit_det.modeling.backbones.mvit.cores import eager_attention
+from mvit_det.modeling.backbones.mvit.geometry import (
+    window_bands,
+    window_partition,
+    window_unpartition,
+)
 
 from helpers import (
     TINY_MVIT,
@@ -62,7 +67,8 @@ def padded_window_attention(attn: MultiScaleAttention, x: torch.Tensor) -> torch
     q_win, q_hw = window_partition(q, attn.q_window)
     k_win, k_hw = window_partition(k, attn.kv_window)
     v_win, _ = window_partition(v, attn.kv_window)
-    out = attn._attend_eager(q_win, k_win, v_win, q_hw, attn._rel_pos_tables(q_hw, k_hw, q.dtype))
+    tables = attn._rel_pos_tables(q_hw, k_hw, q.dtype)
+    out = eager_attention(q_win, k_win, v_win, q_hw, tables, attn.scale)
     out = window_unpartition(out, attn.q_window, q.shape[1:3]) + q
     return attn.proj(out.flatten(-2))
 
@@ -194,7 +200,7 @@ def test_fused_core_builds_no_query_by_key_tensor(monkeypatch):
         largest.append((q.shape, k.shape, v.shape))
         return original(q, k, v, **kwargs)
 
-    monkeypatch.setattr("mvit_det.modeling.backbone.attention.F.scaled_dot_product_attention", spy)
+    monkeypatch.setattr("mvit_det.modeling.fused_attention.F.scaled_dot_product_attention", spy)
     with torch.autograd.profiler.profile(profile_memory=True) as prof:
         attn(x)
     assert largest and largest[0][0][-2] == 1024 and largest[0][1][-2] == 1024

@@ -14,7 +14,7 @@ from detectron2.modeling import build_backbone
 from detectron2.modeling.backbone import FPN
 from detectron2.modeling.backbone.fpn import LastLevelMaxPool
 
-from mvit_det.modeling.backbone import mvit_block_layout
+from mvit_det.modeling.backbones.mvit import mvit_block_layout
 from mvit_det import (
     MVIT_PRESETS,
     MViT,

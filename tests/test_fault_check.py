@@ -31,10 +31,10 @@ def test_catalogue_is_large_and_covers_every_area():
     assert len(FAULTS) >= 25
     files = {f.file for f in FAULTS}
     for area in (
-        "mvit_det/modeling/backbone/attention.py",
-        "mvit_det/modeling/backbone/mvit.py",
-        "mvit_det/modeling/backbone/vil.py",
-        "mvit_det/modeling/backbone/vil_attention.py",
+        "mvit_det/modeling/backbones/mvit/attention.py",
+        "mvit_det/modeling/backbones/mvit/model.py",
+        "mvit_det/modeling/backbones/vil/model.py",
+        "mvit_det/modeling/backbones/vil/attention.py",
         "mvit_det/checkpoint/io.py",
         "mvit_det/checkpoint/mapping.py",
         "mvit_det/engine/train_loader.py",

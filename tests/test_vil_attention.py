@@ -16,12 +16,8 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from mvit_det.modeling.backbone.vil_attention import (
-    LongformerAttention,
-    exact_window_outside,
-    relative_bias_index,
-    resolve_vil_attn_impl,
-)
+from mvit_det.modeling.backbones.vil import LongformerAttention, resolve_vil_attn_impl
+from mvit_det.modeling.backbones.vil.geometry import exact_window_outside, relative_bias_index
 
 from helpers import assert_grads_close, relative_error
 
@@ -169,7 +165,7 @@ def test_fused_core_with_a_frozen_bias_equals_oracle(mode):
 def test_fused_core_with_widths_padded_for_cuda_kernels(mode, monkeypatch):
     """On CUDA the extended q/k/v are zero-filled to a multiple of 8 columns; the same code
     path, forced here, gives the same results."""
-    monkeypatch.setattr("mvit_det.modeling.backbone.vil_attention._width_multiple", lambda x: 8)
+    monkeypatch.setattr("mvit_det.modeling.fused_attention.kernel_width_multiple", lambda x: 8)
     attn = make_attention(2, 3, mode, True, "sdpa", torch.float64)
     x = torch.randn(2, 2 + 10 * 13, 12, dtype=torch.float64)
     check_against_oracle(attn, x, (10, 13), 1e-10)

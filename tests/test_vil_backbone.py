@@ -17,7 +17,7 @@ from detectron2.modeling.backbone.fpn import LastLevelP6P7
 
 from mvit_det import VIL_PRESETS, MViT, ViL, add_vil_config, apply_vil_preset, vil_kwargs_from_cfg
 from mvit_det import vil_preset
-from mvit_det.modeling.backbone.vil import ViLPatchEmbed
+from mvit_det.modeling.backbones.vil import ViLPatchEmbed
 
 from helpers import (
     TINY_MVIT,

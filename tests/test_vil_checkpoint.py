@@ -23,8 +23,8 @@ from mvit_det.checkpoint import (
     convert_bias_table,
     find_backbone,
 )
-from mvit_det.checkpoint.vil import full_attention_index, published_window_index
-from mvit_det.modeling.backbone.vil_attention import relative_bias_index
+from mvit_det.modeling.backbones.vil.geometry import relative_bias_index
+from mvit_det.modeling.backbones.vil.weights import full_attention_index, published_window_index
 from mvit_det.tools import convert_checkpoint
 
 from helpers import relative_error

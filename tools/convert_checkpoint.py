@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Converts MViT weights (official .pyth, timm, Detectron2 .pkl/.pth, plain state dicts) into a
+"""Converts the weights of a backbone family (MViT, ViL, ...) into a Detectron2-ready checkpoint.
 
 The logic is in mvit_det.tools.convert_checkpoint; `--help` for options."""
 

@@ -1,8 +1,12 @@
-"""Loading and converting MViT weights (official ImageNet, timm and Detectron2 checkpoints) and
-ViL weights (published classification and detection checkpoints)."""
+"""Loading and converting backbone weights safely: the checkpointer, the checkpoint readers and
+writers, and the load report. The weight layouts of each backbone family (official, timm and
+Detectron2 MViT checkpoints; published ViL checkpoints) are mapped by the family's package."""
+
+from importlib import import_module
+from typing import Any
 
 from .backbones import adapt_backbone_state_dict, find_backbone
-from .checkpointer import MViTCheckpointer, plain_data
+from .checkpointer import BackboneCheckpointer, MViTCheckpointer, plain_data
 from .errors import (
     ArchitectureMismatchError,
     CheckpointError,
@@ -23,12 +27,31 @@ from .io import (
     resolve_local_path,
     save_checkpoint,
 )
-from .mapping import LoadReport, adapt_state_dict, describe_backbone, timm_to_flat
-from .vil import adapt_vil_state_dict, convert_bias_table, describe_vil
+from .mapping import LoadReport
+
+# The weight mappings of the shipped families, under the names they have always had here. They
+# are resolved on first use: the families' modules build on this package (errors, LoadReport), so
+# importing them from here eagerly would make the order of imports matter.
+_FAMILY_NAMES = {
+    "adapt_state_dict": "mvit_det.modeling.backbones.mvit.weights",
+    "describe_backbone": "mvit_det.modeling.backbones.mvit.weights",
+    "timm_to_flat": "mvit_det.modeling.backbones.mvit.weights",
+    "adapt_vil_state_dict": "mvit_det.modeling.backbones.vil.weights",
+    "convert_bias_table": "mvit_det.modeling.backbones.vil.weights",
+    "describe_vil": "mvit_det.modeling.backbones.vil.weights",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _FAMILY_NAMES:
+        return getattr(import_module(_FAMILY_NAMES[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "DOWNLOAD_TIMEOUT_S",
     "ArchitectureMismatchError",
+    "BackboneCheckpointer",
     "CheckpointError",
     "CheckpointFile",
     "CheckpointNotFoundError",

@@ -1,17 +1,18 @@
-"""A Detectron2 checkpointer that loads official, timm and Detectron2 MViT weights and published ViL
-weights, safely."""
+"""A Detectron2 checkpointer that loads the weights of every backbone family (official, timm and
+Detectron2 MViT weights, published ViL weights, ...) safely."""
 
 from __future__ import annotations
 
 import os
 import re
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import numpy as np
 import torch
 import torch.nn as nn
 from detectron2.checkpoint import DetectionCheckpointer
-from fvcore.common.checkpoint import _IncompatibleKeys
+from fvcore.common.checkpoint import Checkpointer, _IncompatibleKeys
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from ..utils.file_io import atomic_write
@@ -23,17 +24,12 @@ from .errors import (
     NotACheckpointError,
     UnsafeCheckpointError,
 )
-from .io import (
-    _read_for_weights,
-    nonfinite_tensors,
-    read_checkpoint,
-    resolve_local_path,
-)
-from .unpickling import names_of
 from .backbones import adapt_backbone_state_dict, find_backbone
+from .io import CheckpointFile, nonfinite_tensors, read_checkpoint, resolve_local_path
 from .mapping import LoadReport
+from .unpickling import names_of
 
-__all__ = ["MViTCheckpointer", "plain_data"]
+__all__ = ["BackboneCheckpointer", "MViTCheckpointer", "plain_data"]
 
 # Names of periodic checkpoints: "{prefix}_{iteration:07d}.pth".
 _PERIODIC = re.compile(r"^(?P<prefix>.+)_(?P<iteration>\d{7})\.pth$")
@@ -63,19 +59,22 @@ def plain_data(obj: Any) -> Any:
     return obj
 
 
-class MViTCheckpointer(DetectionCheckpointer):
+class BackboneCheckpointer(DetectionCheckpointer):
     """
-    :class:`DetectionCheckpointer` for models with an MViT (or a ViL) backbone.
+    :class:`DetectionCheckpointer` for models with a backbone of a registered family (MViT,
+    ViL, ...).
 
     ``load`` (hence ``train.init_checkpoint`` and ``resume_or_load``) accepts, as local paths or
-    URLs (``detectron2://...``, ``https://...``, optionally ending in ``#sha256=<hex>``):
+    URLs (``detectron2://...``, ``https://...``, optionally ending in ``#sha256=<hex>``), every
+    layout the backbone's family reads; for MViT:
 
     - official ImageNet checkpoints (``.pyth``, weights under ``model_state``),
     - timm ``mvitv2_*`` weights (``.pth``, ``.bin``, ``.safetensors``),
     - Detectron2 checkpoints (``model_final_*.pkl`` or ``.pth``, weights under ``model``),
-    - plain state dicts of the backbone or of the whole detector, or under ``state_dict``,
-    - for ViL: the published classification (``{"net": ...}``) and detection checkpoints (see
-      :mod:`mvit_det.checkpoint.vil`).
+    - plain state dicts of the backbone or of the whole detector, or under ``state_dict``;
+
+    for ViL the published classification (``{"net": ...}``) and detection checkpoints (see
+    :mod:`mvit_det.modeling.backbones.vil.weights`).
 
     Files are read without running code from them (see :func:`~mvit_det.checkpoint.io.
     read_checkpoint`); ``trust=True`` unpickles arbitrary objects. Backbone weights are renamed to
@@ -84,7 +83,9 @@ class MViTCheckpointer(DetectionCheckpointer):
     keys is logged (also kept as ``last_report``). Backbone tensors are never silently skipped:
     shapes that cannot be mapped raise :class:`ArchitectureMismatchError`, and missing backbone
     keys raise :class:`MissingBackboneKeysError` unless ``allow_missing_backbone_keys``. Models
-    without an MViT or ViL get Detectron2's key matching, with the same safe reading.
+    without such a backbone load by name, with the same safe reading; weights from Caffe2 and
+    pycls files, or any file given as ``path?matching_heuristics=True``, are matched to the
+    model's names by Detectron2's heuristics.
 
     ``save`` writes each checkpoint (as plain data, readable with ``weights_only=True``) and the
     ``last_checkpoint`` tag atomically, and refuses to write weights holding NaN or Inf
@@ -119,34 +120,53 @@ class MViTCheckpointer(DetectionCheckpointer):
         self.last_report: Optional[LoadReport] = None
         self._source = ""  # description of the file being loaded, for the report
         self._resuming_from = ""  # the checkpoint being resumed from, while it loads
+        self._matching_heuristics = False  # asked for by the path being loaded
 
     def load(self, path: str, checkpointables: Optional[List[str]] = None) -> Dict[str, Any]:
         """
         Loads weights (and, when resuming, the other checkpointables) from a file or URL.
 
         Args:
-            path: local path or URL; empty to load nothing.
+            path: local path or URL; empty to load nothing. A ``?matching_heuristics=True``
+                query (Detectron2's) matches the weights of a model without a registered
+                backbone to its names by Detectron2's heuristics.
             checkpointables: names of the checkpointables to restore; None for all of them (as
                 when resuming), ``[]`` for the weights only.
 
         Returns:
             the checkpoint's entries not consumed by loading (e.g. "iteration").
+
+        Raises:
+            CheckpointError: also for ``?matching_heuristics=True`` on a model with a backbone
+                of a registered family, whose weights are mapped by name.
         """
+        path, heuristics = split_matching_heuristics(path)
+        if heuristics and find_backbone(self.model) is not None:
+            raise CheckpointError(
+                f"{path}?matching_heuristics=True: the model's backbone is of a registered family "
+                "(MViT, ViL, ...), whose weights are mapped by name, and Detectron2's matching "
+                "heuristics would rename them; load the file without the query"
+            )
         if path:
             # Fetch here so that an unreachable URL gives a clear error.
             path = resolve_local_path(path)
         self._resuming_from = path if checkpointables is None and self.checkpointables else ""
+        self._matching_heuristics = heuristics
         try:
-            return super().load(path, checkpointables)
+            # fvcore's load: the path is local already, and the query is read above.
+            return Checkpointer.load(self, path, checkpointables)
         finally:
             self._resuming_from = ""
-            self._parsed_url_during_load = None  # Detectron2 leaves it set when loading fails
+            self._matching_heuristics = False
 
     def _load_file(self, filename: str) -> Dict[str, Any]:
-        if find_backbone(self.model) is None:
-            return self._load_detectron2_file(filename)
         ckpt = read_checkpoint(filename, trust=self.trust)
         self._refuse_skipped_state(filename, ckpt.skipped)
+        if find_backbone(self.model) is None:
+            checkpoint = name_matched_checkpoint(ckpt)
+            if self._matching_heuristics:
+                checkpoint["matching_heuristics"] = True
+            return checkpoint
         self._source = ckpt.describe()
         nonfinite = nonfinite_tensors(ckpt.state)
         if nonfinite:
@@ -155,28 +175,6 @@ class MViTCheckpointer(DetectionCheckpointer):
                 f"{', '.join(nonfinite[:5])}"
             )
         return {**ckpt.extra, "model": ckpt.state}
-
-    def _load_detectron2_file(self, filename: str) -> Dict[str, Any]:
-        """Detectron2's file conventions (model-zoo and Caffe2 ``.pkl``, pycls ``.pyth``, torch
-        files with or without a ``model`` entry), read safely."""
-        _, data, skipped = _read_for_weights(filename, self.trust)
-        self._refuse_skipped_state(filename, skipped)
-        if not isinstance(data, dict):
-            raise NotACheckpointError(
-                f"{filename!r} is not a checkpoint: it holds a {type(data).__name__}, not a dict"
-            )
-        if filename.endswith(".pkl") and not ("model" in data and "__author__" in data):
-            blobs = data.get("blobs", data)  # Caffe2 / Detectron1 model zoo
-            weights = {k: v for k, v in blobs.items() if not k.endswith("_momentum")}
-            return {"model": weights, "__author__": "Caffe2", "matching_heuristics": True}
-        if filename.endswith(".pyth") and "model_state" in data:  # pycls
-            weights = {
-                k: v
-                for k, v in data["model_state"].items()
-                if not k.endswith("num_batches_tracked")
-            }
-            return {"model": weights, "__author__": "pycls", "matching_heuristics": True}
-        return data if "model" in data else {"model": data}
 
     def _refuse_skipped_state(self, filename: str, skipped: Dict[str, List[str]]) -> None:
         """Resuming needs the whole training state: entries left out of the weights because
@@ -188,7 +186,7 @@ class MViTCheckpointer(DetectionCheckpointer):
             f"cannot resume from {filename!r} without trusting it: its training state "
             f"({', '.join(map(repr, skipped))}) pickles Python objects ({names_of(names)}), and "
             "unpickling them can run arbitrary code. If you trust where the file comes from, "
-            "resume with --trust-checkpoint (trust=True of MViTCheckpointer); otherwise start a "
+            "resume with --trust-checkpoint (trust=True of the checkpointer); otherwise start a "
             f"new run from its weights with train.init_checkpoint={filename}"
         )
 
@@ -358,3 +356,56 @@ class MViTCheckpointer(DetectionCheckpointer):
             return
         path = os.path.join(self.save_dir, "last_checkpoint")
         atomic_write(path, lambda f: f.write(last_filename_basename.encode()))
+
+
+# The name the checkpointer had when MViT was the only family.
+MViTCheckpointer = BackboneCheckpointer
+
+
+def split_matching_heuristics(path: str) -> Tuple[str, bool]:
+    """
+    Takes Detectron2's ``matching_heuristics`` query parameter out of a path or URL.
+
+    Args:
+        path: e.g. ``model.pth?matching_heuristics=True``; other query parameters stay.
+
+    Returns:
+        the path without the parameter, and whether it asked for the heuristics.
+
+    Raises:
+        CheckpointError: a value other than True or False.
+    """
+    parts = urlsplit(path)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    values = [value for key, value in query if key == "matching_heuristics"]
+    if not values:
+        return path, False
+    if any(value not in ("True", "False") for value in values):
+        raise CheckpointError(f"{path}: matching_heuristics={values[-1]!r} must be True or False")
+    rest = urlencode([(key, value) for key, value in query if key != "matching_heuristics"])
+    return urlunsplit(parts._replace(query=rest)), values[-1] == "True"
+
+
+def name_matched_checkpoint(ckpt: CheckpointFile) -> Dict[str, Any]:
+    """
+    The checkpoint entries of a model without a registered backbone, as Detectron2's loading
+    expects them: weights from a Caffe2 ``.pkl`` (one without Detectron2's ``model`` and
+    ``__author__``; momenta dropped) and from a pycls ``.pyth`` (``model_state``; batch counters
+    dropped) carry ``matching_heuristics``, so that Detectron2 matches their names to the
+    model's; the weights of other files load by name.
+
+    Args:
+        ckpt: the file, read safely.
+
+    Returns:
+        ``{"model": weights, ...}`` for :meth:`DetectionCheckpointer._load_model`.
+    """
+    if ckpt.path.endswith(".pkl") and not (
+        ckpt.kind == "detectron2" and "__author__" in ckpt.extra
+    ):
+        weights = {k: v for k, v in ckpt.state.items() if not k.endswith("_momentum")}
+        return {"model": weights, "__author__": "Caffe2", "matching_heuristics": True}
+    if ckpt.path.endswith(".pyth") and ckpt.kind == "official":
+        weights = {k: v for k, v in ckpt.state.items() if not k.endswith("num_batches_tracked")}
+        return {"model": weights, "__author__": "pycls", "matching_heuristics": True}
+    return {**ckpt.extra, "model": ckpt.state}

@@ -59,8 +59,8 @@ class CheckpointFile:
         kind: "official" (``model_state``, the facebookresearch/mvit ``.pyth``), "detectron2"
             (weights under ``model``, e.g. a ``model_final_*.pkl`` or a training checkpoint),
             "wrapped" (weights under ``state_dict``, as many training loops save them), "vil"
-            (``net``, a ViL classification checkpoint) or "state_dict" (the weights themselves,
-            e.g. a timm file).
+            (``net``, a ViL classification checkpoint), "caffe2" (``blobs``, a Caffe2 /
+            Detectron1 model) or "state_dict" (the weights themselves, e.g. a timm file).
         state: the weights as tensors.
         extra: the other top-level entries (optimizer, scheduler, iteration, ``__author__``...).
         skipped: top-level entries left out because they pickle Python objects that are not
@@ -83,6 +83,7 @@ class CheckpointFile:
             "wrapped": "weights under 'state_dict'",
             "state_dict": "plain state dict",
             "vil": "ViL classification checkpoint, weights under 'net'",
+            "caffe2": "Caffe2 checkpoint, weights under 'blobs'",
         }
         return f"{self.path} ({self.container} file, {kinds[self.kind]}, {len(self.state)} tensors)"
 
@@ -111,6 +112,7 @@ _WEIGHT_ENTRIES = (
     ("detectron2", "model"),
     ("wrapped", "state_dict"),
     ("vil", "net"),
+    ("caffe2", "blobs"),
 )
 
 

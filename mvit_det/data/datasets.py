@@ -12,6 +12,7 @@
 
 import difflib
 import json
+import argparse
 import os
 import stat
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Union
@@ -23,6 +24,7 @@ from detectron2.data.datasets import load_coco_json, register_coco_instances
 from .shapes import SHAPE_CLASSES, generate_shapes_dataset, shapes_dataset_files
 
 __all__ = [
+    "add_register_coco_argument",
     "SHAPES_DATASETS",
     "DatasetError",
     "UnknownDatasetError",
@@ -72,6 +74,25 @@ def datasets_root() -> str:
 def shapes_root() -> str:
     """Where the synthetic shapes dataset lives (``$DETECTRON2_DATASETS/mvit_shapes``)."""
     return os.path.join(datasets_root(), "mvit_shapes")
+
+
+def add_register_coco_argument(parser: argparse.ArgumentParser) -> None:
+    """
+    Adds ``--register-coco NAME JSON_FILE IMAGE_ROOT`` (repeatable; ``args.register_coco``, a
+    list of triples for :func:`register_coco_dataset`), the one definition the tools share.
+
+    Args:
+        parser: a tool's argument parser.
+    """
+    parser.add_argument(
+        "--register-coco",
+        nargs=3,
+        action="append",
+        default=[],
+        metavar=("NAME", "JSON_FILE", "IMAGE_ROOT"),
+        help="register a COCO-format dataset under NAME (repeatable); use the name where the "
+        "tool takes a dataset (e.g. --dataset NAME, or dataloader.train.dataset.names=NAME)",
+    )
 
 
 def register_coco_dataset(name: str, json_file: str, image_root: str) -> None:
@@ -306,7 +327,7 @@ def _load_shapes(name: str) -> List[Dict]:
 def register_shapes_dataset(root: Optional[str] = None) -> None:
     """(Re-)registers ``shapes_train`` and ``shapes_val`` with their files under ``root``.
 
-    This runs at import with the default root; call it to move the dataset elsewhere.
+    ``import mvit_det`` runs it with the default root; call it to move the dataset elsewhere.
 
     Args:
         root: dataset folder; defaults to :func:`shapes_root`.
@@ -401,6 +422,3 @@ def dataset_names(names: Union[str, Sequence[str]]) -> List[str]:
         names: a string or a sequence of strings.
     """
     return [names] if isinstance(names, str) else list(names)
-
-
-register_shapes_dataset()

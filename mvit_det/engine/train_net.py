@@ -49,9 +49,10 @@ from detectron2.utils.registry import locate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch.multiprocessing import ProcessExitedException
 
-from ..checkpoint import CheckpointError, MViTCheckpointer
+from ..checkpoint import BackboneCheckpointer, CheckpointError
 from ..data import (
     DatasetError,
+    add_register_coco_argument,
     dataset_names,
     prepare_datasets,
     register_coco_dataset,
@@ -59,8 +60,7 @@ from ..data import (
 )
 from ..config.safe_yaml import UnsafeConfigError, add_trust_config_argument, load_lazy_config
 from ..model_zoo import resolve_config_file
-from ..modeling.backbone.mvit import MViT, check_mvit_args
-from ..modeling.backbone.vil import ViL, check_vil_args
+from ..config.lazy import backbone_nodes
 from ..utils.file_io import FileLockedError, atomic_write, remove_stale_temp_files
 from .overrides import ConfigOverrideError, apply_overrides_checked
 from .scaling import auto_scale_recipe, micro_batch_size, scale_recipe
@@ -107,8 +107,6 @@ _MINIMUM_INTEGERS = {
     "train.grad_accumulation": 1,
 }
 AMP_PRECISIONS = {"float16": torch.float16, "bfloat16": torch.bfloat16}
-# Backbones whose arguments are checked before any process starts, with their checks.
-_BACKBONE_CHECKS: Dict[Any, Callable[..., Any]] = {MViT: check_mvit_args, ViL: check_vil_args}
 # Loggers whose handlers write the run's log files (Detectron2's default_setup and ours).
 _LOGGERS = ("fvcore", "detectron2", "mvit_det")
 # linux/prctl.h: the signal a process receives when its parent ends.
@@ -168,15 +166,7 @@ def build_argument_parser() -> argparse.ArgumentParser:
         help="accumulate gradients over K micro-batches of total_batch_size / K images per "
         "optimizer step (sets train.grad_accumulation); LR and schedule are unchanged",
     )
-    parser.add_argument(
-        "--register-coco",
-        nargs=3,
-        action="append",
-        default=[],
-        metavar=("NAME", "JSON_FILE", "IMAGE_ROOT"),
-        help="register a COCO-format dataset under NAME (repeatable); use it with e.g. "
-        "dataloader.train.dataset.names=NAME",
-    )
+    add_register_coco_argument(parser)
     parser.add_argument(
         "--trust-checkpoint",
         action="store_true",
@@ -244,34 +234,14 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _lazy_nodes(node: Any, key: str) -> Iterator[Tuple[str, DictConfig]]:
-    """The ``L(...)`` nodes (those with a ``_target_``) under ``node``, with their keys."""
-    if isinstance(node, DictConfig):
-        if "_target_" in node:
-            yield key, node
-        for name in node.keys():
-            if not OmegaConf.is_interpolation(node, name):
-                yield from _lazy_nodes(node.get(name), f"{key}.{name}")
-    elif isinstance(node, ListConfig):
-        for i, item in enumerate(node):
-            yield from _lazy_nodes(item, f"{key}.{i}")
-
-
 def _check_backbone_args(cfg: DictConfig) -> None:
-    """Runs the argument checks of the config's MViT and ViL backbones, without building them.
+    """Runs the argument checks of the config's backbones (``check_args`` of their families),
+    without building them.
 
     Raises:
         UsageError: naming the config node and the argument at fault.
     """
-    for key, node in _lazy_nodes(cfg.get("model"), "model"):
-        target = node._target_
-        try:
-            target = locate(target) if isinstance(target, str) else target
-        except Exception:
-            continue  # Detectron2's instantiate reports it
-        check = _BACKBONE_CHECKS.get(target)
-        if check is None:
-            continue
+    for key, node, target, family in backbone_nodes(cfg):
         try:
             values = OmegaConf.to_container(node, resolve=True)
             values.pop("_target_")
@@ -279,6 +249,7 @@ def _check_backbone_args(cfg: DictConfig) -> None:
         except Exception:
             continue  # an argument the backbone does not take: instantiate names it
         arguments.apply_defaults()
+        check = family.check_args
         accepted = inspect.signature(check).parameters
         try:
             check(**{k: v for k, v in arguments.arguments.items() if k in accepted})
@@ -976,7 +947,7 @@ def do_train(
         amp_dtype=AMP_PRECISIONS[amp.get("precision", "float16")],
         seed=seed,
     )
-    checkpointer = MViTCheckpointer(
+    checkpointer = BackboneCheckpointer(
         model, cfg.train.output_dir, trust=trust_checkpoint, trainer=trainer
     )
     eval_results: OrderedDict = OrderedDict()
@@ -1065,7 +1036,7 @@ def main(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
     model.to(cfg.train.device)
     model = _wrap_ddp(model)
     try:
-        MViTCheckpointer(model, trust=trust).load(cfg.train.init_checkpoint)
+        BackboneCheckpointer(model, trust=trust).load(cfg.train.init_checkpoint)
     except CheckpointError as e:
         raise UsageError(str(e)) from None
     results = do_test(cfg, model)

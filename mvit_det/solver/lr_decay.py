@@ -1,21 +1,66 @@
-"""Layer-wise learning-rate decay for MViT backbones inside a detector."""
+"""Layer-wise learning-rate decay for the backbone of a detector, by the layer rule of its
+family."""
 
-import re
-from typing import Sequence
+from typing import Any, Sequence
 
-__all__ = ["MViTLayerDecay"]
+from ..modeling.backbones import get_family
+
+__all__ = ["LayerDecay", "MViTLayerDecay"]
 
 
-class MViTLayerDecay:
-    """Maps a parameter name to its learning-rate factor, ``decay_rate ** (depth + 1 - layer)``.
+class LayerDecay:
+    """Maps a parameter name to its learning-rate factor, ``decay_rate ** (L + 1 - layer)``.
 
-    Layers are counted per block and stage-aware: the patch embedding (and ``pos_embed``) is
-    layer 0, block ``i`` is layer ``i + 1``, the output norm ``scale{n}_norm`` of a stage belongs
-    to that stage's last block, and everything outside the backbone (FPN, RPN, RoI heads) is
-    layer ``depth + 1`` with factor 1. ``decay_rate=1`` switches the decay off.
+    ``L`` is the number of layers of the backbone and ``layer`` the layer of the parameter by the
+    rule of the backbone's family (``layer_rule`` of its
+    :class:`~mvit_det.modeling.backbones.registry.BackboneFamily`, e.g.
+    :class:`~mvit_det.modeling.backbones.mvit.layer_decay.MViTLayers`); everything outside the
+    backbone (FPN, RPN, RoI heads) is layer ``L + 1`` with factor 1. ``decay_rate=1`` switches
+    the decay off.
 
     Use it as ``lr_factor_func`` of ``detectron2.solver.get_default_optimizer_params`` (the
     ``optimizer.params`` node of the configs).
+
+    Args:
+        family: name of the backbone family, e.g. "mvit".
+        decay_rate: factor between consecutive layers, in (0, 1].
+        prefix: name prefix of the backbone's parameters in the model.
+        arguments: the arguments of the family's layer rule (for MViT: ``depth`` and
+            ``last_block_indexes``).
+    """
+
+    def __init__(
+        self,
+        family: str,
+        decay_rate: float = 1.0,
+        prefix: str = "backbone.bottom_up.",
+        **arguments: Any,
+    ) -> None:
+        if not 0.0 < decay_rate <= 1.0:
+            raise ValueError(f"decay_rate must be in (0, 1], got {decay_rate}.")
+        rule = get_family(family).layer_rule
+        if rule is None:
+            raise ValueError(f"the backbone family {family!r} has no layer-wise decay rule")
+        self.layers = rule(**arguments)
+        self.decay_rate = decay_rate
+        self.prefix = prefix
+
+    def layer_id(self, name: str) -> int:
+        """The layer of a parameter, 0 to L + 1 (outside the backbone).
+
+        Args:
+            name: full parameter name in the model, e.g. "backbone.bottom_up.blocks.3.attn.qkv.weight".
+        """
+        if not name.startswith(self.prefix):
+            return self.layers.num_layers + 1
+        return self.layers.layer_id(name[len(self.prefix) :])
+
+    def __call__(self, name: str) -> float:
+        return self.decay_rate ** (self.layers.num_layers + 1 - self.layer_id(name))
+
+
+class MViTLayerDecay(LayerDecay):
+    """:class:`LayerDecay` of an MViT, with the arguments the configs set.
 
     Args:
         depth: number of MViT blocks.
@@ -31,38 +76,6 @@ class MViTLayerDecay:
         decay_rate: float = 1.0,
         prefix: str = "backbone.bottom_up.",
     ) -> None:
-        if not 0.0 < decay_rate <= 1.0:
-            raise ValueError(f"decay_rate must be in (0, 1], got {decay_rate}.")
-        if len(last_block_indexes) != 4 or max(last_block_indexes) >= depth:
-            raise ValueError(
-                f"last_block_indexes must be 4 block indexes below depth={depth}, "
-                f"got {tuple(last_block_indexes)}."
-            )
-        self.depth = depth
-        self.last_block_indexes = tuple(int(i) for i in last_block_indexes)
-        self.decay_rate = decay_rate
-        self.prefix = prefix
-        self._block = re.compile(r"blocks\.(\d+)\.")
-        self._stage_norm = re.compile(r"scale([2-5])_norm\.")
-
-    def layer_id(self, name: str) -> int:
-        """The layer of a parameter, 0 (patch embedding) to depth + 1 (outside the backbone).
-
-        Args:
-            name: full parameter name in the model, e.g. "backbone.bottom_up.blocks.3.attn.qkv.weight".
-        """
-        if not name.startswith(self.prefix):
-            return self.depth + 1
-        local = name[len(self.prefix) :]
-        if local.startswith(("patch_embed.", "pos_embed")):
-            return 0
-        match = self._block.match(local)
-        if match:
-            return int(match.group(1)) + 1
-        match = self._stage_norm.match(local)
-        if match:
-            return self.last_block_indexes[int(match.group(1)) - 2] + 1
-        return self.depth + 1
-
-    def __call__(self, name: str) -> float:
-        return self.decay_rate ** (self.depth + 1 - self.layer_id(name))
+        super().__init__(
+            "mvit", decay_rate, prefix, depth=depth, last_block_indexes=last_block_indexes
+        )

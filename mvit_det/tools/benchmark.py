@@ -2,7 +2,8 @@
 Speed and memory of mvit_det (and, when importable, Detectron2's own MViT with identical weights;
 or, with --compare-attn-impls, the attention cores of one model with identical weights).
 
-Measures, for a config (MViT or ViL), device and dtype:
+Measures, for a config (of any backbone family, wherever the config puts the backbone), device
+and dtype:
   backbone  backbone + FPN forward+backward (or forward only, --backbone-mode forward)
   train     a full training step (forward, backward, AdamW step) on a synthetic batch of real
             instances (boxes and masks)
@@ -32,6 +33,7 @@ import os
 import statistics
 import time
 from contextlib import nullcontext
+from functools import partial
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
@@ -39,13 +41,27 @@ from detectron2.config import instantiate
 from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
 
+from ..config.lazy import BackboneNode, backbone_nodes
 from ..config.safe_yaml import load_lazy_config
 from ..model_zoo import resolve_config_file
-from ..modeling import MViT, ViL
+from ..modeling.backbones import families, family_of, find_backbone
 from ..utils.file_io import atomic_write
+from .loading import parse_hw
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-ATTN_IMPLS = ("auto", "eager", "sdpa", "dense")
+
+
+def attn_impl_names() -> Tuple[str, ...]:
+    """The attention cores of every registered family, "auto" first."""
+    names = ["auto"]
+    for family in families():
+        names += [n for n in family.attention.names() if n not in names]
+    return tuple(names)
+
+
+def _families_with_cores() -> str:
+    """Which family has which cores, for --help."""
+    return "; ".join(f"{f.title}: {', '.join(f.attention.cores)}" for f in families())
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -60,7 +76,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=2)
     p.add_argument(
         "--image-size",
-        type=image_size,
+        type=partial(parse_hw, square=True),
         default=(1024, 1024),
         help="N (square) or HxW, for backbone/train",
     )
@@ -68,19 +84,20 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--compile", choices=["off", "on", "both"], default="off")
-    p.add_argument("--attn-impl", choices=ATTN_IMPLS, default="auto")
+    p.add_argument("--attn-impl", choices=attn_impl_names(), default="auto")
     p.add_argument(
         "--compare-attn-impls",
         default="",
         metavar="IMPL,IMPL,...",
         help="measure one model per attention core (identical weights) instead of ours vs the "
-        f"reference; from {ATTN_IMPLS} (dense: ViL only)",
+        f"reference; the cores of the config's backbone ({_families_with_cores()})",
     )
     p.add_argument(
         "--reference",
         choices=["auto", "off"],
         default="auto",
-        help="also measure Detectron2's MViT with the same weights when importable",
+        help="also measure the reference implementation of the config's backbone (Detectron2's "
+        "MViT for MViT) with the same weights when it is given",
     )
     p.add_argument("--no-flops", action="store_true", help="skip the fvcore FLOP count")
     p.add_argument(
@@ -106,68 +123,98 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
             f"--image-size must be a positive multiple of 32 (the backbone's output stride), "
             f"got {'x'.join(map(str, args.image_size))}"
         )
-    infer_size = args.infer_size.lower().split("x")
-    if len(infer_size) != 2 or not all(v.isdigit() and int(v) > 0 for v in infer_size):
+    try:
+        parse_hw(args.infer_size)
+    except argparse.ArgumentTypeError:
         p.error(
             f"--infer-size must be HxW with positive integers, e.g. 800x1216, got "
             f"{args.infer_size!r}"
         )
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         p.error("--device cuda was asked for but CUDA is not available; use --device cpu")
-    unknown = set(filter(None, args.compare_attn_impls.split(","))) - set(ATTN_IMPLS)
+    unknown = set(filter(None, args.compare_attn_impls.split(","))) - set(attn_impl_names())
     if unknown:
-        p.error(f"unknown attention core(s) {sorted(unknown)}; choose from {ATTN_IMPLS}")
+        p.error(f"unknown attention core(s) {sorted(unknown)}; choose from {attn_impl_names()}")
     return args  # fmt: skip
 
 
-def image_size(text: str) -> Tuple[int, int]:
-    """``N`` or ``HxW`` as (H, W)."""
-    try:
-        sides = [int(v) for v in text.lower().split("x")]
-    except ValueError:
-        sides = []
-    if len(sides) not in (1, 2) or min(sides) < 1:
-        raise argparse.ArgumentTypeError(f"image size {text!r} must be N or HxW (e.g. 800x1216)")
-    return (sides[0], sides[-1])
+def config_backbone(cfg: Any) -> BackboneNode:
+    """
+    The node of a LazyConfig that builds its backbone, wherever the config puts it.
+
+    Raises:
+        ValueError: no backbone of a registered family, or several.
+    """
+    nodes = backbone_nodes(cfg)
+    if len(nodes) != 1:
+        titles = " or ".join(f.title for f in families())
+        found = ", ".join(n.key for n in nodes) or "none"
+        raise ValueError(
+            f"the benchmark needs one {titles} backbone in the config's model; found {found}"
+        )
+    return nodes[0]
+
+
+def check_core(node: BackboneNode, impl: str) -> None:
+    """
+    Raises:
+        ValueError: the backbone's family has no attention core ``impl``.
+    """
+    if impl not in node.family.attention.names():
+        having = " or ".join(f.title for f in families() if impl in f.attention.names())
+        raise ValueError(f"attention core {impl!r} exists for {having} backbones only")
 
 
 def build_models(
     args: argparse.Namespace, reference_mvit: Optional[type] = None
 ) -> Dict[str, torch.nn.Module]:
-    """Ours, and the reference (``reference_mvit``, an MViT class with Detectron2's signature) with
-    identical weights when given; or, with --compare-attn-impls, one model per attention core,
-    named after it."""
+    """
+    Ours, and the reference with identical weights when given; or, with --compare-attn-impls,
+    one model per attention core, named after it.
+
+    Args:
+        args: the command line.
+        reference_mvit: an independent implementation of the config's backbone with the same
+            arguments and parameter names, built in its place when it is the one that the
+            backbone's family names as its ``reference`` (tools/benchmark.py passes Detectron2's
+            MViT where this Detectron2 build has it).
+    """
     cfg = load_lazy_config(resolve_config_file(args.config))
+    backbone = config_backbone(cfg)
     impls = [i for i in args.compare_attn_impls.split(",") if i]
+    for impl in impls or [args.attn_impl]:
+        check_core(backbone, impl)
     if impls:
-        if "dense" in impls and cfg.model.backbone.bottom_up._target_ is not ViL:
-            raise ValueError("attention core 'dense' exists for ViL backbones only")
         models: Dict[str, torch.nn.Module] = {}
         for impl in impls:
-            cfg.model.backbone.bottom_up.attn_impl = impl
+            backbone.node.attn_impl = impl
             torch.manual_seed(0)
             models[impl] = instantiate(cfg.model).to(args.device)
         return models
-    cfg.model.backbone.bottom_up.attn_impl = args.attn_impl
+    backbone.node.attn_impl = args.attn_impl
     torch.manual_seed(0)
     models = {"mvit_det": instantiate(cfg.model).to(args.device)}
-    is_mvit = cfg.model.backbone.bottom_up._target_ is MViT
-    reference = reference_mvit if args.reference == "auto" and is_mvit else None
-    if reference is not None:
+    reference = reference_mvit if args.reference == "auto" else None
+    if reference is not None and backbone.family.reference == _class_path(reference):
         ref_cfg = copy.deepcopy(cfg)
-        bottom_up = ref_cfg.model.backbone.bottom_up
+        ref_node = config_backbone(ref_cfg).node
         # Arguments the reference does not have (with our defaults, which it hard-codes).
-        for key in set(inspect.signature(MViT).parameters) - set(
+        for key in set(inspect.signature(backbone.target).parameters) - set(
             inspect.signature(reference).parameters
         ):
-            bottom_up.pop(key, None)
-        bottom_up._target_ = reference
-        if bottom_up.get("use_act_checkpoint"):
-            bottom_up.use_act_checkpoint = False  # the reference needs fairscale for it
+            ref_node.pop(key, None)
+        ref_node._target_ = reference
+        if ref_node.get("use_act_checkpoint"):
+            ref_node.use_act_checkpoint = False  # the reference needs fairscale for it
         ref_model = instantiate(ref_cfg.model).to(args.device)
         ref_model.load_state_dict(models["mvit_det"].state_dict(), strict=True)
         models["reference"] = ref_model
     return models
+
+
+def _class_path(cls: type) -> str:
+    """``module:Class`` of a class, as ``BackboneFamily.reference`` names it."""
+    return f"{cls.__module__}:{cls.__qualname__}"
 
 
 def synthetic_batch(batch: int, size: Tuple[int, int], num_classes: int, device: str) -> List[dict]:
@@ -290,39 +337,41 @@ def profile_cpu_call(fn: Callable[[], Any], num_ops: int = 12) -> Tuple[int, Lis
     return peak, top[:num_ops]
 
 
-def dense_attention_bytes(model: torch.nn.Module, args: argparse.Namespace) -> int:
-    """Bytes of the largest (local queries x tokens) tensor of a ViL's dense attention core at
-    the benchmark's image size and batch (0 for other backbones)."""
-    bottom_up = model.backbone.bottom_up
-    if not isinstance(bottom_up, ViL):
+def attention_tensor_bytes(model: torch.nn.Module, core: str, args: argparse.Namespace) -> int:
+    """Bytes of the largest tensor that the attention core ``core`` of the model's backbone
+    builds at the benchmark's image size and batch (``attention_bytes`` of its family; 0 where
+    the family gives none)."""
+    found = find_backbone(model)
+    family = family_of(found[1]) if found else None
+    if family is None or family.attention_bytes is None:
         return 0
-    (h, w), stride, largest = args.image_size, 1, 0
     element = 2 if args.dtype in ("bf16", "fp16") else 4
-    for stage, globals_ in zip(bottom_up.stages(), bottom_up.num_global_tokens):
-        stride *= stage[0].patch_size
-        local = -(-h // stride) * -(-w // stride)
-        heads = stage[1].attn.num_heads
-        largest = max(largest, args.batch * heads * local * (local + globals_) * element)
-    return largest
+    return family.attention_bytes(found[1], core, args.image_size, args.batch, element)
+
+
+def dense_attention_bytes(model: torch.nn.Module, args: argparse.Namespace) -> int:
+    """:func:`attention_tensor_bytes` of the dense core (0 for backbones without one)."""
+    return attention_tensor_bytes(model, "dense", args)
 
 
 def dense_cores_that_cannot_fit(
     models: Dict[str, torch.nn.Module], args: argparse.Namespace
 ) -> Dict[str, str]:
     """
-    The models with the dense attention core whose (tokens x tokens) tensors cannot fit into the
-    CPU memory available (a few of them live at once: 3 in a forward pass, 6 with a backward),
-    with the reason; running them would only end in the out-of-memory killer.
+    The models named after an attention core (--compare-attn-impls) whose largest attention
+    tensors cannot fit into the CPU memory available (a few of them live at once: 3 in a
+    forward pass, 6 with a backward), with the reason; running them would only end in the
+    out-of-memory killer.
     """
     available = None if args.device.startswith("cuda") else available_memory_bytes()
     tasks = args.tasks.split(",")
     backward = "train" in tasks or ("backbone" in tasks and args.backbone_mode != "forward")
     skipped = {}
     for name, model in models.items():
-        needed = dense_attention_bytes(model, args) if name == "dense" else 0
+        needed = attention_tensor_bytes(model, name, args)
         if available is not None and (6 if backward else 3) * needed > available:
             skipped[name] = (
-                f"not run: one (tokens x tokens) tensor of the dense core is "
+                f"not run: one (tokens x tokens) tensor of the {name} core is "
                 f"{needed / 2**30:.1f} GiB, and {available / 2**30:.1f} GiB are available"
             )
     return skipped
@@ -380,7 +429,7 @@ def task_fns(model: torch.nn.Module, args: argparse.Namespace, compiled: bool) -
 
     fns["train"] = (train_step, batch)
 
-    h, w = (int(v) for v in args.infer_size.lower().split("x"))
+    h, w = parse_hw(args.infer_size)
     image = torch.randint(0, 256, (3, h, w), device=args.device).float()
 
     def infer_step() -> None:
@@ -421,8 +470,9 @@ def main(argv: Optional[List[str]] = None, reference_mvit: Optional[type] = None
 
     Args:
         argv: command-line arguments (default: ``sys.argv[1:]``).
-        reference_mvit: the MViT class to compare with (tools/benchmark.py passes Detectron2's
-            when that build has one); None measures ours only.
+        reference_mvit: the reference implementation to compare with (see
+            :func:`build_models`; tools/benchmark.py passes Detectron2's MViT when that build has
+            one); None measures ours only.
 
     Returns:
         the exit status.
@@ -439,7 +489,7 @@ def run_benchmark(
 
     Args:
         args: parsed command line (see :func:`parse_args`).
-        reference_mvit: see :func:`main`.
+        reference_mvit: see :func:`build_models`.
 
     Returns:
         the report (also written to ``args.output``).

@@ -1,7 +1,8 @@
 """
-Converts MViT weights (official .pyth, timm, Detectron2 .pkl/.pth, plain state dicts) and ViL
-weights (published classification and detection checkpoints) into a Detectron2-ready checkpoint
-for an mvit_det model, and prints a report of the keys.
+Converts the weights of a backbone family - MViT (official .pyth, timm, Detectron2 .pkl/.pth,
+plain state dicts), ViL (published classification and detection checkpoints), or any registered
+family - into a Detectron2-ready checkpoint for an mvit_det model, and prints a report of the
+keys.
 
 Examples:
   python tools/convert_checkpoint.py MViTv2_T_in1k.pyth mvitv2_t_in1k.pkl --model T
@@ -31,17 +32,20 @@ from typing import List, Optional, Tuple
 import torch.nn as nn
 from detectron2.config import instantiate
 
-from ..checkpoint import CheckpointError, adapt_backbone_state_dict, find_backbone
+from ..checkpoint import CheckpointError, adapt_backbone_state_dict
 from ..checkpoint import nonfinite_tensors, read_checkpoint, save_checkpoint
-from ..checkpoint.vil import BIAS_TABLE_CONVERSIONS
 from ..config.safe_yaml import UnsafeConfigError, add_trust_config_argument, load_lazy_config
 from ..model_zoo import resolve_config_file
-from ..modeling import MVIT_PRESETS, VIL_PRESETS, MViT, ViL, mvit_preset, vil_preset
+from ..modeling.backbones import families, find_backbone
 from .loading import add_trust_checkpoint_argument
 
-# Where mvit_det's (and Detectron2's) detectors keep the backbone: FPN(bottom_up=MViT or ViL).
+# Where mvit_det's (and Detectron2's) detectors keep the backbone: FPN(bottom_up=backbone).
 PRESET_PREFIX = "backbone.bottom_up."
-VIL_SIZES = [f"vil_{size.lower()}" for size in VIL_PRESETS]
+
+
+def size_names() -> List[str]:
+    """The sizes ``--model`` accepts: those of every registered family."""
+    return [size for family in families() for size in family.size_names]
 
 
 def build_target(model: str, trust_config: bool = False) -> Tuple[str, nn.Module]:
@@ -49,9 +53,9 @@ def build_target(model: str, trust_config: bool = False) -> Tuple[str, nn.Module
     Builds the backbone whose names and shapes the output must have.
 
     Args:
-        model: an MViTv2 size ("T", "S", "B", "L", "H"), a ViL size ("vil_t", "vil_s", "vil_m",
-            "vil_b", "vil_mw", "vil_bw"), or a LazyConfig file (``.py`` or ``.yaml``) or shipped
-            config name whose ``model`` holds an MViT or a ViL (e.g.
+        model: a size of a registered family (MViTv2: "T", "S", "B", "L", "H"; ViL: "vil_t",
+            "vil_s", "vil_m", "vil_b", "vil_mw", "vil_bw"), or a LazyConfig file (``.py`` or
+            ``.yaml``) or shipped config name whose ``model`` holds such a backbone (e.g.
             configs/mask_rcnn_mvitv2_t.py).
         trust_config: read a LazyConfig ``.yaml`` with YAML's full loader.
 
@@ -59,24 +63,24 @@ def build_target(model: str, trust_config: bool = False) -> Tuple[str, nn.Module
         (name prefix of the backbone in the detector, the backbone).
 
     Raises:
-        ValueError: an unknown size or config, an unsafe YAML config, no MViT or ViL in it.
+        ValueError: an unknown size or config, an unsafe YAML config, no backbone of a
+            registered family in it.
     """
-    if model.upper() in MVIT_PRESETS:
-        return PRESET_PREFIX, MViT(**mvit_preset(model))
-    if model.lower() in VIL_SIZES:
-        return PRESET_PREFIX, ViL(**vil_preset(model))
+    for family in families():
+        if family.accepts_size(model):
+            return PRESET_PREFIX, family.backbone(**family.preset(model))
     try:
         config_file = resolve_config_file(model)
     except FileNotFoundError as e:
-        sizes = ", ".join(list(MVIT_PRESETS) + VIL_SIZES)
-        raise ValueError(f"--model {model!r} is not a size ({sizes}); {e}")
+        raise ValueError(f"--model {model!r} is not a size ({', '.join(size_names())}); {e}")
     try:
         detector: nn.Module = instantiate(load_lazy_config(config_file, trust_config).model)
     except UnsafeConfigError as e:
         raise ValueError(str(e)) from None
     found = find_backbone(detector)
     if found is None:
-        raise ValueError(f"the model of config {model!r} has no MViT or ViL backbone")
+        titles = " or ".join(family.title for family in families())
+        raise ValueError(f"the model of config {model!r} has no {titles} backbone")
     return found
 
 
@@ -89,17 +93,18 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument(
         "--model",
         required=True,
-        help=f"target size ({', '.join(list(MVIT_PRESETS) + VIL_SIZES)}), or a LazyConfig file "
-        "or shipped config name of the detector",
+        help=f"target size ({', '.join(size_names())}), or a LazyConfig file or shipped config "
+        "name of the detector",
     )
-    parser.add_argument(
-        "--bias-table",
-        choices=BIAS_TABLE_CONVERSIONS,
-        default="centre",
-        help="ViL classification weights: how a full-attention relative-position table of "
-        "another size becomes the model's window table; 'centre' keeps the function exactly, "
-        "'bilinear' resizes the table as the published detection fine-tuning did",
-    )
+    for family in families():
+        for option in family.weight_options:
+            parser.add_argument(
+                option.flag,
+                dest=option.name,
+                choices=list(option.choices),
+                default=option.default,
+                help=option.help,
+            )
     parser.add_argument("--sha256", help="expected SHA-256 of the input (64 hex digits)")
     add_trust_checkpoint_argument(parser)
     add_trust_config_argument(parser)
@@ -148,7 +153,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             prefix,
             source=ckpt.describe(),
             target=f"{type(backbone).__name__} ({args.model}, {backbone.num_layers} blocks)",
-            vil_bias_table=args.bias_table,
+            **{o.name: getattr(args, o.name) for f in families() for o in f.weight_options},
         )
     except (CheckpointError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -34,7 +34,12 @@ from detectron2.data import DatasetMapper, build_detection_test_loader
 from detectron2.data import get_detection_dataset_dicts
 from detectron2.evaluation import COCOEvaluator, LVISEvaluator, inference_on_dataset
 
-from ..data import DatasetError, prepare_datasets, register_coco_dataset
+from ..data import (
+    DatasetError,
+    add_register_coco_argument,
+    prepare_datasets,
+    register_coco_dataset,
+)
 from ..data.lvis import is_lvis_dataset, register_lvis_dataset
 from ..utils.file_io import atomic_write
 from ..config.safe_yaml import add_trust_config_argument
@@ -157,14 +162,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         "(key=value for LazyConfigs, KEY VALUE for yacs); repeat for each model",
     )
     parser.add_argument("--dataset", default="", help="registered dataset (default: the config's)")
-    parser.add_argument(
-        "--register-coco",
-        nargs=3,
-        action="append",
-        default=[],
-        metavar=("NAME", "JSON_FILE", "IMAGE_ROOT"),
-        help="register a COCO-format dataset under NAME (repeatable)",
-    )
+    add_register_coco_argument(parser)
     parser.add_argument(
         "--register-lvis",
         nargs=3,

@@ -5,10 +5,15 @@ What works (see docs/tools.md):
 - TorchScript tracing (``--format torchscript``), backbone or whole detector (through Detectron2's
   ``TracingAdapter``): for MViT the traced graph serves any input size and batch size, for ViL
   the export size.
-- TorchScript scripting (``--format torchscript --script --what mvit``) of the MViT alone.
+- TorchScript scripting (``--format torchscript --script --what trunk``) of a backbone whose family
+  compiles with ``torch.jit.script`` (MViT), alone.
 - ONNX with the legacy exporter (``--format onnx --exporter legacy``), backbone or whole
   detector: a valid graph for the input size it was exported at.
 - ONNX with the dynamo exporter (``--exporter dynamo``), backbone: for the export input size.
+
+``--what`` picks the detector (``model``), its backbone with the neck (``backbone``: FPN or other),
+or the backbone alone (``trunk``; or the name of its family, e.g. ``mvit``, which also checks
+that the backbone is of that family).
 
 The example input is one random image: with ``--image-size HxW`` the model is given an HxW image
 exactly (no test resize), else a 480x640 image after the config's test resize. Every export is
@@ -40,8 +45,7 @@ from detectron2.export import TracingAdapter
 from detectron2.export.flatten import DictSchema, InstancesSchema, ListSchema
 from detectron2.modeling import GeneralizedRCNN
 
-from ..checkpoint import find_backbone
-from ..modeling import MViT
+from ..modeling.backbones import families, family_of, find_backbone, get_family
 from ..utils.file_io import atomic_write
 from .loading import LoadedModel, ToolError, add_image_size_argument, add_model_arguments
 from .loading import load_model, synthetic_input
@@ -58,6 +62,12 @@ __all__ = [
 
 EXPORTERS = ("legacy", "dynamo")
 DEFAULT_OPSET = 17
+
+
+def what_choices() -> List[str]:
+    """What ``--what`` accepts: the detector, its backbone with the neck, the backbone alone
+    ("trunk"), or the backbone alone by the name of its family."""
+    return ["model", "backbone", "trunk"] + [family.name for family in families()]
 
 
 class BackboneOutputs(torch.nn.Module):
@@ -270,13 +280,15 @@ def export(
     Args:
         loaded: the model.
         fmt: "torchscript" or "onnx".
-        what: "model" (the detector), "backbone" (MViT + neck) or "mvit" (the MViT alone).
+        what: "model" (the detector), "backbone" (backbone + neck), "trunk" (the backbone alone)
+            or a family's name (the backbone alone, which must be of that family).
         image_size: (H, W) of the example image the model gets, exactly; None for a 480x640
             image after the config's test resize.
         output_dir: folder of the exported file.
         exporter: ONNX exporter, "legacy" or "dynamo".
         opset: ONNX opset.
-        script: TorchScript by scripting (``what="mvit"`` only) instead of tracing.
+        script: TorchScript by scripting (the backbone alone, of a family that scripts) instead
+            of tracing.
 
     Returns:
         a report: file, format, the sizes (``requested_image_size``, ``input_size`` of the image
@@ -288,21 +300,20 @@ def export(
             "the dynamo ONNX exporter does not export the whole detector (its detections are "
             "data-dependent); use --exporter legacy, or --what backbone"
         )
-    if script and (fmt != "torchscript" or what != "mvit"):
+    if script and (fmt != "torchscript" or what in ("model", "backbone")):
         raise ToolError(
-            "--script applies to --format torchscript --what mvit (Detectron2's necks and heads "
-            "are exported by tracing: leave out --script)"
+            "--script applies to --format torchscript --what trunk (or the family's name, e.g. "
+            "--what mvit): Detectron2's necks and heads are exported by tracing, leave out --script"
         )
     example, sizes = _example(loaded, image_size, what != "model")
     names: List[str] = []
     if what == "model":
         module: torch.nn.Module = detector_adapter(loaded.model, example)
+    elif what == "backbone":
+        module = BackboneOutputs(loaded.model.backbone).eval()
+        names = module.names
     else:
-        found = find_backbone(loaded.model, MViT)
-        if what == "mvit" and found is None:
-            raise ToolError(f"{loaded.config_file} has no MViT to export")
-        backbone = found[1] if what == "mvit" else loaded.model.backbone
-        module = BackboneOutputs(backbone).eval()
+        module = BackboneOutputs(_trunk(loaded, what, script)).eval()
         names = module.names
     with torch.no_grad():
         expected = list(module(example))
@@ -316,7 +327,7 @@ def export(
         scripted = export_torchscript(module.backbone, example, path, script=True)
 
         def run(images: torch.Tensor) -> List[torch.Tensor]:
-            features = scripted(images)  # a dict, as the eager MViT's
+            features = scripted(images)  # a dict, as the eager backbone's
             return [features[name] for name in names]
 
     elif fmt == "torchscript":
@@ -344,6 +355,30 @@ def export(
     return report
 
 
+def _trunk(loaded: LoadedModel, what: str, script: bool) -> torch.nn.Module:
+    """
+    The backbone of the detector without its neck, for ``--what trunk`` or a family's name.
+
+    Raises:
+        ToolError: no backbone of a registered family (of the named one), or ``script`` for a
+            family that does not script.
+    """
+    wanted = None if what == "trunk" else get_family(what)
+    found = find_backbone(loaded.model, None if wanted is None else wanted.backbone)
+    if found is None:
+        kind = wanted.title if wanted else " or ".join(f.title for f in families())
+        raise ToolError(f"{loaded.config_file} has no {kind} to export")
+    backbone = found[1]
+    family = family_of(backbone)
+    if script and not family.scriptable:
+        scripted = ", ".join(f.title for f in families() if f.scriptable)
+        raise ToolError(
+            f"{family.title} does not compile with torch.jit.script (backbones that do: "
+            f"{scripted}); export it by tracing (leave out --script)"
+        )
+    return backbone
+
+
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -352,12 +387,15 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--exporter", choices=EXPORTERS, default="legacy", help="for onnx")
     parser.add_argument(
         "--what",
-        choices=["model", "backbone", "mvit"],
+        choices=what_choices(),
         default="model",
-        help="the detector, its backbone (MViT + FPN or other neck), or the MViT alone",
+        help="the detector, its backbone (with the FPN or other neck), or the backbone alone "
+        "(trunk, or the name of its family: mvit, ...)",
     )
     parser.add_argument(
-        "--script", action="store_true", help="torch.jit.script instead of trace (--what mvit)"
+        "--script",
+        action="store_true",
+        help="torch.jit.script instead of trace (the backbone alone: --what trunk)",
     )
     add_image_size_argument(parser)
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET)

@@ -21,7 +21,7 @@ from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 
-from ..checkpoint import CheckpointError, MViTCheckpointer
+from ..checkpoint import BackboneCheckpointer, CheckpointError
 from ..config.safe_yaml import (
     UnsafeConfigError,
     add_trust_config_argument,
@@ -43,6 +43,7 @@ __all__ = [
     "add_trust_checkpoint_argument",
     "check_device",
     "load_model",
+    "parse_hw",
     "parse_image_size",
     "synthetic_input",
 ]
@@ -137,7 +138,7 @@ def add_model_arguments(parser: argparse.ArgumentParser, weights_required: bool)
         "--weights",
         required=weights_required,
         default="",
-        help="checkpoint: path or URL, any format MViTCheckpointer reads",
+        help="checkpoint: path or URL, any format BackboneCheckpointer reads",
     )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     add_trust_checkpoint_argument(parser)
@@ -203,7 +204,7 @@ def load_model(
         raise ToolError(f"config {config_file} is not valid YAML: {e}") from None
     if weights:
         try:
-            MViTCheckpointer(loaded.model, trust=trust_checkpoint).load(weights)
+            BackboneCheckpointer(loaded.model, trust=trust_checkpoint).load(weights)
         except CheckpointError as e:
             raise ToolError(str(e)) from None
     loaded.model.eval()
@@ -245,20 +246,36 @@ def _load_yacs(config_file: str, device: str, opts: Sequence[str], trust: bool) 
     )
 
 
-def parse_image_size(text: str) -> Tuple[int, int]:
+def parse_hw(text: str, square: bool = False) -> Tuple[int, int]:
     """
-    ``HxW`` (e.g. ``800x1216``) as (H, W), for argparse.
+    A size given as ``HxW`` (e.g. ``800x1216``), or with ``square`` also as ``N`` (``NxN``), as
+    (H, W); the one parser of the tools' image sizes.
+
+    Args:
+        text: the size as written on a command line.
+        square: accept a single ``N``.
+
+    Returns:
+        (H, W), both >= 1.
 
     Raises:
-        argparse.ArgumentTypeError: not two positive integers.
+        argparse.ArgumentTypeError: anything else.
     """
+    form = "N or HxW" if square else "HxW"
     try:
-        h, w = (int(v) for v in text.lower().split("x"))
+        sides = [int(v) for v in text.lower().split("x")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected HxW such as 800x1216, got {text!r}") from None
-    if h < 1 or w < 1:
+        sides = []
+    if len(sides) != 2 and not (square and len(sides) == 1):
+        raise argparse.ArgumentTypeError(f"expected {form} such as 800x1216, got {text!r}")
+    if min(sides) < 1:
         raise argparse.ArgumentTypeError(f"sides must be >= 1, got {text!r}")
-    return h, w
+    return sides[0], sides[-1]
+
+
+def parse_image_size(text: str) -> Tuple[int, int]:
+    """``HxW`` as (H, W), for argparse (see :func:`parse_hw`)."""
+    return parse_hw(text)
 
 
 def add_image_size_argument(parser: argparse.ArgumentParser) -> None:

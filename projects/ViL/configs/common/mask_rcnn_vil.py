@@ -45,8 +45,9 @@ model.backbone.bottom_up = L(ViL)(
     out_features=("scale2", "scale3", "scale4", "scale5"),
 )
 model.backbone.in_features = "${.bottom_up.out_features}"
-model.pixel_mean = [123.675, 116.28, 103.53]
-model.pixel_std = [58.395, 57.12, 57.375]
+constants = model_zoo.get_config("common/data/constants.py").constants
+model.pixel_mean = constants.imagenet_rgb256_mean
+model.pixel_std = constants.imagenet_rgb256_std
 model.input_format = "RGB"
 
 dataloader = model_zoo.get_config("common/data/coco.py").dataloader

@@ -25,8 +25,9 @@ model.backbone.top_block = L(LastLevelP6P7)(
     in_feature="scale5",
 )
 model.smooth_l1_beta = 0.0
-model.pixel_mean = [123.675, 116.28, 103.53]
-model.pixel_std = [58.395, 57.12, 57.375]
+constants = model_zoo.get_config("common/data/constants.py").constants
+model.pixel_mean = constants.imagenet_rgb256_mean
+model.pixel_std = constants.imagenet_rgb256_std
 model.input_format = "RGB"
 
 dataloader.train.mapper.use_instance_mask = False

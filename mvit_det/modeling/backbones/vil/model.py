@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, Callable, Dict, List, Sequence, Tuple, Type
+from typing import Callable, Dict, List, Sequence, Tuple, Type
 
 import torch
 import torch.nn as nn
@@ -12,13 +12,11 @@ from detectron2.modeling.backbone import Backbone
 from timm.layers import DropPath
 from torch.utils.checkpoint import checkpoint
 
-from .mvit import Mlp
-from .utils import check_images, init_transformer_weights
-from .vil_attention import VIL_ATTN_IMPLS, WINDOW_MODES, LongformerAttention
+from ...layers import Mlp, check_images, init_transformer_weights
+from .attention import LongformerAttention
+from .checks import NUM_STAGES, check_vil_args
 
-__all__ = ["ViL", "ViLAttentionBlock", "ViLMlpBlock", "ViLPatchEmbed", "check_vil_args"]
-
-NUM_STAGES = 4
+__all__ = ["ViL", "ViLAttentionBlock", "ViLMlpBlock", "ViLPatchEmbed"]
 
 
 class ViLPatchEmbed(nn.Module):
@@ -150,71 +148,6 @@ class ViLMlpBlock(nn.Module):
         return x + self.drop_path(self.mlp(self.norm(x)))
 
 
-def _per_stage(name: str, value: Any, low: int) -> Tuple[int, ...]:
-    """Checks a per-stage int argument (an int for all stages or one per stage)."""
-    values = (value,) * NUM_STAGES if isinstance(value, int) else tuple(value)
-    if len(values) != NUM_STAGES or any(
-        isinstance(v, bool) or not isinstance(v, int) or v < low for v in values
-    ):
-        raise ValueError(
-            f"{name}={value!r} must be {NUM_STAGES} ints >= {low} (one per stage)"
-            + (" or one int" if name == "window" else "")
-        )
-    return values
-
-
-def check_vil_args(
-    *,
-    in_chans: int,
-    embed_dims: Sequence[int],
-    depths: Sequence[int],
-    num_heads: Sequence[int],
-    patch_sizes: Sequence[int],
-    num_global_tokens: Sequence[int],
-    window: int | Sequence[int],
-    window_mode: str,
-    mlp_ratio: float,
-    drop_path_rate: float,
-    out_features: Sequence[str],
-    attn_impl: str,
-) -> Tuple[int, ...]:
-    """
-    Validates the arguments of :class:`ViL` (all checks in one place).
-
-    Returns:
-        the window of each stage.
-
-    Raises:
-        ValueError: naming the argument, its value and what is allowed.
-    """
-    if isinstance(in_chans, bool) or not isinstance(in_chans, int) or in_chans < 1:
-        raise ValueError(f"in_chans={in_chans!r} must be an int >= 1")
-    dims = _per_stage("embed_dims", tuple(embed_dims), 1)
-    _per_stage("depths", tuple(depths), 1)
-    heads = _per_stage("num_heads", tuple(num_heads), 1)
-    _per_stage("patch_sizes", tuple(patch_sizes), 1)
-    _per_stage("num_global_tokens", tuple(num_global_tokens), 0)
-    windows = _per_stage("window", window, 1)
-    bad = [(d, h) for d, h in zip(dims, heads) if d % h]
-    if bad:
-        raise ValueError(
-            f"embed_dims={tuple(embed_dims)} must be divisible by num_heads={tuple(num_heads)} "
-            f"stage by stage; (dim, heads) {bad} are not"
-        )
-    if window_mode not in WINDOW_MODES:
-        raise ValueError(f"window_mode={window_mode!r} is unknown; use one of {WINDOW_MODES}")
-    if not mlp_ratio > 0:
-        raise ValueError(f"mlp_ratio={mlp_ratio!r} must be > 0")
-    if not 0.0 <= drop_path_rate < 1.0:
-        raise ValueError(f"drop_path_rate={drop_path_rate!r} must be in [0, 1)")
-    valid = [f"scale{s}" for s in range(2, 2 + NUM_STAGES)]
-    if not out_features or any(f not in valid for f in out_features):
-        raise ValueError(f"out_features={tuple(out_features)!r} must be a subset of {valid}")
-    if attn_impl not in VIL_ATTN_IMPLS:
-        raise ValueError(f"attn_impl={attn_impl!r} is unknown; use one of {VIL_ATTN_IMPLS}")
-    return windows
-
-
 class ViL(Backbone):
     """
     Multi-Scale Vision Longformer (Zhang et al., "Multi-Scale Vision Longformer: A New Vision
@@ -229,7 +162,7 @@ class ViL(Backbone):
 
     Parameter names are those of the published models (``layer{1-4}.{i}``: i = 0 the patch
     embedding, odd i attention, even i >= 2 MLP), so their weights map directly (see
-    :mod:`mvit_det.checkpoint.vil`).
+    :mod:`.weights`).
     """
 
     def __init__(
@@ -276,8 +209,7 @@ class ViL(Backbone):
             use_act_checkpoint: recompute each attention + MLP pair in the backward pass
                 (``torch.utils.checkpoint``, non-reentrant).
             out_features: which of "scale2".."scale5" to return.
-            attn_impl: attention core, "auto", "eager", "sdpa" or "dense" (see
-                :func:`~mvit_det.modeling.backbone.vil_attention.resolve_vil_attn_impl`).
+            attn_impl: attention core: "auto" or a name of :data:`~.cores.VIL_CORES`.
         """
         super().__init__()
         windows = check_vil_args(

@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, Type
+from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple, Type
 
 import torch
 import torch.nn as nn
@@ -10,42 +10,12 @@ from detectron2.modeling.backbone import Backbone
 from timm.layers import DropPath, to_2tuple
 from torch.utils.checkpoint import checkpoint
 
-from .attention import ATTN_IMPLS, MultiScaleAttention
-from .utils import check_images, init_transformer_weights, resize_abs_pos
+from ...layers import Mlp, check_images, init_transformer_weights
+from .attention import MultiScaleAttention
+from .checks import check_mvit_args
+from .geometry import resize_abs_pos
 
-__all__ = [
-    "ATTENTION_MODES",
-    "BlockSpec",
-    "MViT",
-    "MultiScaleBlock",
-    "Mlp",
-    "check_mvit_args",
-    "mvit_block_layout",
-]
-
-ATTENTION_MODES = ("hybrid", "global", "window")
-NUM_STAGES = 4
-
-
-class Mlp(nn.Module):
-    """Two-layer MLP: Linear -> activation -> Linear."""
-
-    def __init__(
-        self, in_features: int, hidden_features: int, act_layer: Type[nn.Module] = nn.GELU
-    ) -> None:
-        """
-        Args:
-            in_features: input and output channels.
-            hidden_features: hidden channels.
-            act_layer: activation.
-        """
-        super().__init__()
-        self.fc1 = nn.Linear(in_features, hidden_features)
-        self.act = act_layer()
-        self.fc2 = nn.Linear(hidden_features, in_features)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+__all__ = ["BlockSpec", "MViT", "MultiScaleBlock", "mvit_block_layout"]
 
 
 class MultiScaleBlock(nn.Module):
@@ -90,7 +60,7 @@ class MultiScaleBlock(nn.Module):
             use_rel_pos: use decomposed relative positions.
             rel_pos_zero_init: zero-initialise the relative-position tables.
             input_size: side of the input token grid at the pretraining size.
-            attn_impl: attention core, "auto", "eager" or "sdpa".
+            attn_impl: attention core: "auto" or a name of :data:`~.cores.MVIT_CORES`.
         """
         super().__init__()
         self.norm1 = norm_layer(dim)
@@ -252,128 +222,6 @@ def mvit_block_layout(
     return specs
 
 
-def _check_int(name: str, value: Any, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name}={value!r} must be an int >= {low}")
-
-
-def _check_pair(name: str, value: Any, low: int) -> Tuple[int, int]:
-    pair = to_2tuple(value)
-    if len(pair) != 2 or any(
-        isinstance(v, bool) or not isinstance(v, int) or v < low for v in pair
-    ):
-        raise ValueError(f"{name}={value!r} must be an int or a pair of ints >= {low}")
-    return tuple(pair)  # type: ignore[return-value]
-
-
-def check_mvit_args(
-    *,
-    img_size: int,
-    patch_kernel: Any,
-    patch_stride: Any,
-    patch_padding: Any,
-    in_chans: int,
-    embed_dim: int,
-    depth: int,
-    num_heads: int,
-    last_block_indexes: Sequence[int],
-    qkv_pool_kernel: Any,
-    adaptive_kv_stride: int,
-    adaptive_window_size: int,
-    mlp_ratio: float,
-    drop_path_rate: float,
-    out_features: Sequence[str],
-    attention_mode: str,
-    global_block_indexes: Optional[Sequence[int]],
-    attn_impl: str,
-) -> Set[int]:
-    """
-    Validates the arguments of :class:`MViT` (all checks in one place).
-
-    Returns:
-        the set of blocks with global attention.
-
-    Raises:
-        ValueError: naming the argument, its value and what is allowed.
-    """
-    for name, value, low in (
-        ("img_size", img_size, 1),
-        ("in_chans", in_chans, 1),
-        ("embed_dim", embed_dim, 1),
-        ("num_heads", num_heads, 1),
-        ("adaptive_kv_stride", adaptive_kv_stride, 1),
-        ("adaptive_window_size", adaptive_window_size, 0),
-    ):
-        _check_int(name, value, low)
-    if isinstance(depth, bool) or not isinstance(depth, int) or depth < NUM_STAGES:
-        raise ValueError(f"depth={depth!r} must be an int >= {NUM_STAGES} (one block a stage)")
-    _check_pair("patch_kernel", patch_kernel, 1)
-    _check_pair("patch_stride", patch_stride, 1)
-    _check_pair("patch_padding", patch_padding, 0)
-    if any(k % 2 == 0 for k in _check_pair("qkv_pool_kernel", qkv_pool_kernel, 1)):
-        raise ValueError(
-            f"qkv_pool_kernel={qkv_pool_kernel!r} must be odd (padding k // 2 keeps the map "
-            "size at stride 1); the published value is (3, 3)"
-        )
-    if embed_dim % num_heads:
-        raise ValueError(f"embed_dim={embed_dim} must be divisible by num_heads={num_heads}")
-    if not mlp_ratio > 0:
-        raise ValueError(f"mlp_ratio={mlp_ratio!r} must be > 0")
-    if not 0.0 <= drop_path_rate < 1.0:
-        raise ValueError(f"drop_path_rate={drop_path_rate!r} must be in [0, 1)")
-    indexes = tuple(last_block_indexes)
-    if len(indexes) != NUM_STAGES or not all(isinstance(i, int) for i in indexes):
-        raise ValueError(
-            f"last_block_indexes={last_block_indexes!r} must be {NUM_STAGES} ints, the index "
-            "of the last block of each stage (e.g. (1, 4, 20, 23) for depth 24)"
-        )
-    if indexes[0] < 0 or any(b <= a for a, b in zip(indexes, indexes[1:])):
-        raise ValueError(
-            f"last_block_indexes={indexes} must be non-negative and strictly increasing"
-        )
-    if indexes[-1] != depth - 1:
-        raise ValueError(
-            f"last_block_indexes={indexes} must end at the last block, depth - 1 = "
-            f"{depth - 1} (got {indexes[-1]}, {'beyond' if indexes[-1] >= depth else 'before'}"
-            " the last block)"
-        )
-    if attention_mode not in ATTENTION_MODES:
-        raise ValueError(
-            f"attention_mode={attention_mode!r} is unknown; use one of {ATTENTION_MODES}"
-        )
-    if global_block_indexes is not None:
-        if attention_mode != "hybrid":
-            raise ValueError(
-                f"global_block_indexes={global_block_indexes!r} only applies to "
-                f"attention_mode='hybrid', not {attention_mode!r}"
-            )
-        bad = [i for i in global_block_indexes if not isinstance(i, int) or not 0 <= i < depth]
-        if bad:
-            raise ValueError(
-                f"global_block_indexes={tuple(global_block_indexes)} has {bad}: block "
-                f"indexes must be ints in [0, {depth - 1}]"
-            )
-    valid = [f"scale{s}" for s in range(2, 2 + NUM_STAGES)]
-    if not out_features or any(f not in valid for f in out_features):
-        raise ValueError(f"out_features={tuple(out_features)!r} must be a subset of {valid}")
-    if attn_impl not in ATTN_IMPLS:
-        raise ValueError(f"attn_impl={attn_impl!r} is unknown; use one of {ATTN_IMPLS}")
-    if attention_mode == "global":
-        global_blocks = set(range(depth))
-    elif attention_mode == "window":
-        global_blocks = set()
-    elif global_block_indexes is None:
-        global_blocks = set(indexes[1:])
-    else:
-        global_blocks = set(global_block_indexes)
-    if adaptive_window_size == 0 and len(global_blocks) < depth:
-        raise ValueError(
-            "adaptive_window_size=0 disables windows; use attention_mode='global' for "
-            "pure pooling attention, or give a window size > 0"
-        )
-    return global_blocks
-
-
 class MViT(Backbone):
     """
     Multiscale Vision Transformer v2 backbone (Li et al., "MViTv2: Improved Multiscale Vision
@@ -456,7 +304,7 @@ class MViT(Backbone):
                 last block of stages 3, 4 and 5 (``last_block_indexes[1:]``).
             double_kv_stride_in_last_blocks: double the k, v stride in the last block of stages 3
                 and 4, as the detection models do (False matches the classification models).
-            attn_impl: attention core, "auto", "eager" or "sdpa".
+            attn_impl: attention core: "auto" or a name of :data:`~.cores.MVIT_CORES`.
         """
         super().__init__()
         global_blocks = check_mvit_args(
@@ -548,7 +396,7 @@ class MViT(Backbone):
 
     @property
     def num_layers(self) -> int:
-        """Number of blocks (used by layer-wise learning-rate decay)."""
+        """Number of blocks (named in load reports)."""
         return len(self.blocks)
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:

@@ -1,17 +1,14 @@
-"""Small shared helpers of the backbones: initialisation, windows, positions, input checks."""
+"""MViT's geometry: windows of token maps and relative/absolute position tables."""
 
 import math
 from typing import List, Optional, Tuple, Union
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
+from ...layers import ceil_div, is_tracing_or_exporting, zero_pad_end
+
 __all__ = [
-    "init_transformer_weights",
-    "ceil_div",
-    "is_tracing_or_exporting",
-    "zero_pad_end",
     "window_partition",
     "window_unpartition",
     "window_bands",
@@ -19,69 +16,7 @@ __all__ = [
     "decomposed_rel_pos_terms",
     "resize_abs_pos",
     "resize_rel_pos",
-    "check_images",
 ]
-
-
-def init_transformer_weights(m: nn.Module) -> None:
-    """
-    The initialisation of both backbones' transformer layers, for ``module.apply``: linear
-    weights from a truncated normal with std 0.02 and zero biases, LayerNorms as the identity.
-    """
-    if isinstance(m, nn.Linear):
-        nn.init.trunc_normal_(m.weight, std=0.02)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.LayerNorm):
-        nn.init.ones_(m.weight)
-        nn.init.zeros_(m.bias)
-
-
-def ceil_div(a: int, b: int) -> int:
-    """
-    ``ceil(a / b)`` for a >= 0, b > 0, with floor divisions of non-negative numbers only.
-
-    ``-(-a // b)`` gives the same for Python ints, but exporters may translate the floor division
-    of a negative size into a truncating one (the legacy ONNX exporter does), which is off by one.
-    """
-    return (a + b - 1) // b
-
-
-def is_tracing_or_exporting() -> bool:
-    """
-    True under ``torch.jit.trace`` (also used by the legacy ONNX exporter), ``torch.export`` (the
-    dynamo ONNX exporter) and in ``torch.jit.script``: shapes are then symbolic, so the code must
-    not branch on them in Python.
-    """
-    if torch.jit.is_scripting():
-        return True
-    return torch.jit.is_tracing() or _is_exporting()
-
-
-@torch.jit.unused
-def _is_exporting() -> bool:
-    return torch.compiler.is_exporting()
-
-
-def zero_pad_end(x: torch.Tensor, dim: int, amount: int) -> torch.Tensor:
-    """
-    Appends ``amount`` zeros to ``x`` along ``dim`` in a way that traces: a traced ``F.pad``
-    freezes its pad widths, so under tracing/export the zeros are built with the traced size and
-    concatenated.
-
-    Args:
-        x: any tensor.
-        dim: the dimension to extend.
-        amount: number of zeros to append (>= 0; an int, or a traced size).
-
-    Returns:
-        ``x`` extended to ``x.shape[dim] + amount`` along ``dim``.
-    """
-    if not is_tracing_or_exporting():
-        return F.pad(x, [0, 0] * (x.dim() - 1 - dim % x.dim()) + [0, amount])
-    shape = list(x.shape)
-    shape[dim] = amount
-    return torch.cat([x, x.new_zeros(shape)], dim=dim)
 
 
 def _pair(window: Union[int, Tuple[int, int]]) -> Tuple[int, int]:
@@ -274,40 +209,3 @@ def resize_abs_pos(abs_pos: torch.Tensor, has_cls_token: bool, hw: Tuple[int, in
     if (side, side) != tuple(hw):
         grid = F.interpolate(grid, size=hw, mode="bicubic", align_corners=False)
     return grid.permute(0, 2, 3, 1)
-
-
-@torch.jit.unused
-def check_images(x: torch.Tensor, weight: torch.Tensor, name: str) -> None:
-    """
-    Checks a backbone input: a floating-point (N, C, H, W) tensor with the channels and dtype of
-    the first conv (``weight``), non-empty.
-
-    Args:
-        x: the input.
-        weight: the weight of the backbone's first conv, (out, C, kh, kw).
-        name: the backbone's name for messages.
-
-    Raises:
-        ValueError: naming what is wrong and how to fix it.
-    """
-    if is_tracing_or_exporting():
-        return  # shapes are symbolic: a check would be frozen into the graph as a constant
-    in_chans = weight.shape[1]
-    if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != in_chans:
-        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(
-            f"{name} expects images of shape (N, {in_chans}, H, W), got {shape}; "
-            "batch images into one NCHW tensor (e.g. ImageList.from_tensors)"
-        )
-    if not x.is_floating_point():
-        raise ValueError(
-            f"{name} expects floating-point images, got dtype {x.dtype}; convert with "
-            "x.float() and normalise the pixel values"
-        )
-    if x.shape[2] == 0 or x.shape[3] == 0:
-        raise ValueError(f"{name} got an empty image of shape {tuple(x.shape)}")
-    if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
-        raise ValueError(
-            f"{name} got images of dtype {x.dtype} but its weights are {weight.dtype}; convert "
-            f"the images (x.to({weight.dtype})) or the model, or run under torch.autocast"
-        )

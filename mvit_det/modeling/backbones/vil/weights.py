@@ -23,10 +23,10 @@ from typing import Callable, Dict, List, Mapping, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from ..modeling.backbone import VIL_PRESETS
-from ..modeling.backbone.vil_attention import relative_bias_index
-from .errors import ArchitectureMismatchError
-from .mapping import LoadReport, split_backbone
+from ....checkpoint.errors import ArchitectureMismatchError
+from ....checkpoint.mapping import MAX_SHOWN, LoadReport, Shape, split_backbone
+from .geometry import relative_bias_index
+from .presets import VIL_PRESETS
 
 __all__ = [
     "BIAS_TABLE_CONVERSIONS",
@@ -37,7 +37,6 @@ __all__ = [
     "published_window_index",
 ]
 
-Shape = Tuple[int, ...]
 BIAS_TABLE_CONVERSIONS = ("centre", "bilinear")
 
 _ATTN = re.compile(r"^(layer(\d)\.(\d+)\.attn)\.(.+)$")
@@ -47,7 +46,6 @@ _DROPPED = (
     (re.compile(r"^norm\."), "final norm of the classifier"),
 )
 _APE = re.compile(r"(x_pos_embed|y_pos_embed|cls_pos_embed)$")
-_MAX_SHOWN = 8
 
 
 def published_window_index(window: int) -> torch.Tensor:
@@ -324,7 +322,7 @@ def adapt_vil_state_dict(
             if prefix + key not in resized:
                 report.loaded.append(prefix + key)
     if mismatches:
-        shown = "\n  ".join(mismatches[:_MAX_SHOWN])
+        shown = "\n  ".join(mismatches[:MAX_SHOWN])
         raise mismatch(
             f"{len(mismatches)} backbone tensors have other shapes or no place in the model. "
             f"First mismatches:\n  {shown}\n"

@@ -1,4 +1,4 @@
-"""Multi-Head Pooling Attention of MViTv2 with an explicit and a fused (SDPA) attention core."""
+"""Multi-Head Pooling Attention of MViTv2 (its cores are in :mod:`.cores`)."""
 
 from typing import List, Optional, Tuple, Type
 
@@ -6,38 +6,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .utils import (
-    ceil_div,
-    decomposed_rel_pos_terms,
-    is_tracing_or_exporting,
-    relative_position_table,
-    window_bands,
-    window_partition,
-    window_unpartition,
-    zero_pad_end,
-)
+from ...layers import ceil_div, is_tracing_or_exporting
+from .checks import check_attention_args
+from .cores import MVIT_CORES, Tables, scripted_core
+from .geometry import relative_position_table, window_bands, window_partition, window_unpartition
 
-__all__ = ["ATTN_IMPLS", "MultiScaleAttention", "resolve_attn_impl"]
-
-ATTN_IMPLS = ("auto", "eager", "sdpa")
-
-
-def resolve_attn_impl(attn_impl: str) -> str:
-    """
-    Chooses the attention core.
-
-    Args:
-        attn_impl: "eager" (explicit softmax(q k^T + rel-pos) v, materialises every attention
-            matrix), "sdpa" (relative positions folded into augmented q/k and computed with
-            ``scaled_dot_product_attention``; no (queries x keys) tensor is built), or "auto".
-
-    Returns:
-        "eager" or "sdpa". "auto" picks "sdpa": it is the faster and leaner core on both CUDA
-        and CPU (see docs/benchmarks.md).
-    """
-    if attn_impl == "auto":
-        return "sdpa"
-    return attn_impl
+__all__ = ["MultiScaleAttention"]
 
 
 def _pool(
@@ -111,18 +85,10 @@ class MultiScaleAttention(nn.Module):
             rel_pos_zero_init: zero-initialise the relative-position tables.
             input_size: side of the block's input token grid at the pretraining size; sets the
                 relative-position table length. Required when ``use_rel_pos``.
-            attn_impl: "auto", "eager" or "sdpa" (see :func:`resolve_attn_impl`).
+            attn_impl: a name of :data:`~.cores.MVIT_CORES`, or "auto".
         """
         super().__init__()
-        if attn_impl not in ATTN_IMPLS:
-            raise ValueError(f"attn_impl={attn_impl!r} is not one of {ATTN_IMPLS}")
-        if dim_out % num_heads:
-            raise ValueError(f"dim_out={dim_out} is not divisible by num_heads={num_heads}")
-        if window_size and (window_size % stride_q or window_size % stride_kv):
-            raise ValueError(
-                f"window_size={window_size} is not divisible by stride_q={stride_q} and "
-                f"stride_kv={stride_kv}; the q and kv windows must tile the same window grid"
-            )
+        check_attention_args(dim_out, num_heads, window_size, stride_q, stride_kv, attn_impl)
         self.num_heads = num_heads
         head_dim = dim_out // num_heads
         self.scale = head_dim**-0.5
@@ -202,7 +168,7 @@ class MultiScaleAttention(nn.Module):
 
     def _rel_pos_tables(
         self, q_hw: Tuple[int, int], k_hw: Tuple[int, int], dtype: torch.dtype
-    ) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+    ) -> Tables:
         """The (q_h, k_h, d) and (q_w, k_w, d) relative-position embeddings, or None without."""
         rel_pos_h, rel_pos_w = self.rel_pos_h, self.rel_pos_w
         if rel_pos_h is None or rel_pos_w is None:
@@ -240,7 +206,7 @@ class MultiScaleAttention(nn.Module):
         k_win: torch.Tensor,
         v_win: torch.Tensor,
         k_hw: Tuple[int, int],
-        tables: Optional[Tuple[torch.Tensor, torch.Tensor]],
+        tables: Tables,
     ) -> torch.Tensor:
         """
         :meth:`_attend_windows` band by band: the whole windows, then the cut ones.
@@ -280,7 +246,7 @@ class MultiScaleAttention(nn.Module):
         k: torch.Tensor,
         v: torch.Tensor,
         q_window: Optional[Tuple[int, int]],
-        tables: Optional[Tuple[torch.Tensor, torch.Tensor]],
+        tables: Tables,
     ) -> torch.Tensor:
         """
         Attention of a (B, Hq, Wq, heads, d) query map that windows of ``q_window`` tile exactly.
@@ -301,72 +267,20 @@ class MultiScaleAttention(nn.Module):
         if q_window is None:
             k, _ = window_partition(k, None)
             v, _ = window_partition(v, None)
-        if resolve_attn_impl(self.attn_impl) == "sdpa":
-            out = self._attend_sdpa(q_win, k, v, q_hw, tables)
+        if torch.jit.is_scripting():
+            out = scripted_core(self.attn_impl, q_win, k, v, q_hw, tables, self.scale)
         else:
-            out = self._attend_eager(q_win, k, v, q_hw, tables)
+            out = self._core(q_win, k, v, q_hw, tables)
         return window_unpartition(out, q_window, q_hw_full)
 
-    def _attend_eager(
+    @torch.jit.unused
+    def _core(
         self,
         q: torch.Tensor,
         k: torch.Tensor,
         v: torch.Tensor,
         q_hw: Tuple[int, int],
-        tables: Optional[Tuple[torch.Tensor, torch.Tensor]],
+        tables: Tables,
     ) -> torch.Tensor:
-        """Explicit softmax((q * scale) k^T + rel-pos) v on (N, heads, tokens, d) tensors."""
-        attn = (q * self.scale) @ k.transpose(-2, -1)  # (N, nh, Nq, Nk)
-        if tables is not None:
-            rel_h, rel_w = decomposed_rel_pos_terms(q, *tables, q_hw)
-            k_hw = (tables[0].shape[1], tables[1].shape[1])
-            # (N, nh, Nq, kh, kw) + (N, nh, Nq, kh, 1) + (N, nh, Nq, 1, kw)
-            attn = attn.unflatten(-1, k_hw) + rel_h[..., :, None] + rel_w[..., None, :]
-            attn = attn.flatten(-2)
-        return attn.softmax(dim=-1) @ v
-
-    def _attend_sdpa(
-        self,
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        q_hw: Tuple[int, int],
-        tables: Optional[Tuple[torch.Tensor, torch.Tensor]],
-    ) -> torch.Tensor:
-        """
-        Fused attention on (N, heads, tokens, d) tensors.
-
-        The relative-position terms are folded into the dot product: each query is extended with
-        its rel_h (k_h values) and rel_w (k_w values) terms and each key at (m, n) with one-hot
-        row and column indicators, so ``q' . k' = scale * q . k + rel_h[m] + rel_w[n]``.
-        """
-        if tables is None:
-            return F.scaled_dot_product_attention(q, k, v, scale=self.scale)
-        rel_h, rel_w = decomposed_rel_pos_terms(q, *tables, q_hw)
-        k_h, k_w = tables[0].shape[1], tables[1].shape[1]
-        d = q.shape[-1]
-        extra = k_h + k_w
-        # Pad the augmented q/k head dim to a multiple of 8 (kernel alignment). The fused (flash)
-        # kernels of CPU and CUDA need one head dim for q, k and v, so v is zero-padded to it
-        # (otherwise SDPA falls back to its math path, which materialises the attention matrix).
-        width = ceil_div(d + extra, 8) * 8
-        pad = width - d - extra
-        eye_h = torch.eye(k_h, dtype=k.dtype, device=k.device)
-        eye_w = torch.eye(k_w, dtype=k.dtype, device=k.device)
-        # (k_h * k_w, k_h + k_w + pad): one-hot row and column of every key position
-        onehot = torch.cat(
-            [
-                eye_h[:, None, :].expand(k_h, k_w, k_h),
-                eye_w[None, :, :].expand(k_h, k_w, k_w),
-                k.new_zeros(k_h, k_w, pad),
-            ],
-            dim=-1,
-        ).flatten(0, 1)
-        q_aug = torch.cat(
-            [q * self.scale, rel_h, rel_w, q.new_zeros(list(q.shape[:-1]) + [pad])], -1
-        )
-        k_aug = torch.cat([k, onehot.expand(list(k.shape[:-1]) + [extra + pad])], dim=-1)
-        out = F.scaled_dot_product_attention(
-            q_aug, k_aug, zero_pad_end(v, -1, width - d), scale=1.0
-        )
-        return out[..., :d]
+        """The core of :attr:`attn_impl`, from :data:`~.cores.MVIT_CORES`."""
+        return MVIT_CORES.pick(self.attn_impl)(q, k, v, q_hw, tables, self.scale)

@@ -1,0 +1,46 @@
+"""The backbone families (one package each) and their registry.
+
+Importing this package registers the families shipped with mvit_det: :mod:`.mvit` and
+:mod:`.vil`. A third family is a package of the same shape that calls
+:func:`~.registry.register_family` (docs/architecture.md, "Adding a backbone").
+"""
+
+from .registry import (
+    AttentionCores,
+    BackboneFamily,
+    WeightOption,
+    backbone_classes,
+    families,
+    family_of,
+    find_backbone,
+    get_family,
+    on_register,
+    register_family,
+    unregister_family,
+)
+
+from . import mvit, vil  # noqa: E402  (registers the families)
+from .mvit import MVIT_PRESETS, MViT, mvit_preset  # noqa: E402
+from .vil import VIL_PRESETS, ViL, vil_preset  # noqa: E402
+
+__all__ = [
+    "MVIT_PRESETS",
+    "VIL_PRESETS",
+    "AttentionCores",
+    "BackboneFamily",
+    "MViT",
+    "ViL",
+    "WeightOption",
+    "backbone_classes",
+    "families",
+    "family_of",
+    "find_backbone",
+    "get_family",
+    "mvit",
+    "mvit_preset",
+    "on_register",
+    "register_family",
+    "unregister_family",
+    "vil",
+    "vil_preset",
+]
