@@ -3,14 +3,15 @@
 fvcore (and Detectron2's ``FlopCountAnalysis``, which ``tools/analyze_model.py`` uses) has no
 count for ``aten::scaled_dot_product_attention`` and leaves it out of the total with an
 "unsupported operator" warning. :func:`register_fvcore_handles` adds one to fvcore's default
-handles; ``import mvit_det`` calls it, so every FlopCountAnalysis created afterwards counts the
-fused attention.
+handles; ``import mvit_det`` calls it (:func:`mvit_det.install`), so every FlopCountAnalysis
+created afterwards counts the fused attention.
 
 The count is the two products of attention, ``q k^T`` and ``attn v``, in multiply-adds (fvcore's
-convention). MViT's fused core appends relative-position columns to q and k and zero-pads v to a
-common width; those extra columns implement the additions of the relative-position terms, which
-fvcore does not count in the explicit core either, so the handle counts both products at the
-real head dim (v's width before the padding). Fused and explicit cores then give the same total.
+convention). The fused cores fold extra logit terms (relative positions, biases) into q and k as
+extra columns and zero-pad q, k and v to a common width (:mod:`mvit_det.modeling.fused_attention`);
+those columns implement additions, which fvcore does not count in the explicit cores either, so
+the handle counts both products at the real head dim (v's width before the padding), whatever the
+padding. Fused and explicit cores then give the same total (``tests/test_flop_count.py`` pins it).
 
 FLOPs are counted on a traced graph; a traced MViT pads queries to whole windows (the published
 formulation, needed for a graph that serves every input size), so the count includes the work on
@@ -38,7 +39,7 @@ def _unpadded_width(value: torch._C.Value) -> int:
     """
     The last dim of a traced tensor before zero padding along it, or its last dim if unpadded.
 
-    Recognises ``cat([x, zeros], -1)`` (how a traced MViT pads) and ``constant_pad_nd``.
+    Recognises ``cat([x, zeros], -1)`` (how a traced fused core pads v) and ``constant_pad_nd``.
     """
     node = value.node()
     width = get_shape(value)[-1]
@@ -63,8 +64,8 @@ def sdpa_flop_jit(inputs: List[Any], outputs: List[Any]) -> Counter:
 
     Returns:
         a Counter with the multiply-adds under "scaled_dot_product_attention". When v is
-        zero-padded (MViT's fused relative-position core), both products count at v's unpadded
-        width: the padding and the relative-position columns add, they do not multiply features.
+        zero-padded (a fused core with folded terms), both products count at v's unpadded width:
+        the padding and the folded columns add, they do not multiply features.
     """
     q, k = get_shape(inputs[0]), get_shape(inputs[1])
     v_width = get_shape(inputs[2])[-1]

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from mvit_det import MViT, build_mvit_fpn
+from mvit_det.modeling.backbones.mvit import MVIT_CORES
 from mvit_det.tools import export
 from mvit_det.tools.loading import ToolError, load_model
 
@@ -248,6 +249,18 @@ def test_scripted_mvit_equals_eager_at_any_size(attn_impl, tmp_path):
         assert list(actual) == list(expected)
         # scripted code pads window queries as a trace does: equal up to summation order
         assert_outputs_close(list(actual.values()), list(expected.values()), 1e-6)
+
+
+@pytest.mark.parametrize("attn_impl", MVIT_CORES.names())
+def test_every_mvit_core_scripts(attn_impl):
+    """Every name of the core table (and "auto") runs in TorchScript, as in eager."""
+    mvit = tiny_backbone(attn_impl).backbone.bottom_up
+    scripted = torch.jit.script(mvit)
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        expected, actual = mvit(x), scripted(x)
+    assert list(actual) == list(expected)
+    assert_outputs_close(list(actual.values()), list(expected.values()), 1e-6)
 
 
 def test_export_tool_scripts_the_mvit(tmp_path):

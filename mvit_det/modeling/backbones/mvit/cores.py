@@ -129,7 +129,14 @@ def scripted_core(
     The cores in TorchScript, which cannot call functions out of :data:`MVIT_CORES`: written
     out by name ("auto" as :func:`auto_core` chooses). A core added to the table is added here
     too for ``torch.jit.script`` (``tests/test_export.py`` scripts every core of the table).
+
+    Raises:
+        RuntimeError: a core that is not written out here.
     """
+    if name == "auto":
+        name = auto_core()
     if name == "eager":
         return eager_attention(q, k, v, q_hw, tables, scale)
-    return sdpa_attention(q, k, v, q_hw, tables, scale)
+    if name == "sdpa":
+        return sdpa_attention(q, k, v, q_hw, tables, scale)
+    raise RuntimeError("attention core " + name + " is not written out for TorchScript")
