@@ -49,12 +49,19 @@ from .modeling.backbones import on_register
 __version__ = "0.1.0"
 
 
+_installed = False
+
+
 def install() -> None:
     """The changes to Detectron2's and fvcore's globals that ``import mvit_det`` makes (see the
-    module's docstring); idempotent."""
+    module's docstring); later calls do nothing."""
+    global _installed
+    if _installed:
+        return
     on_register(install_family)
     register_shapes_dataset()
     register_fvcore_handles()
+    _installed = True
 
 
 install()

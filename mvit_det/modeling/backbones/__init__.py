@@ -19,9 +19,10 @@ from .registry import (
     unregister_family,
 )
 
-from . import mvit, vil  # noqa: E402  (registers the families)
-from .mvit import MVIT_PRESETS, MViT, mvit_preset  # noqa: E402
-from .vil import VIL_PRESETS, ViL, vil_preset  # noqa: E402
+# Importing a family's package registers it.
+from . import mvit, vil
+from .mvit import MVIT_PRESETS, MViT, mvit_preset
+from .vil import VIL_PRESETS, ViL, vil_preset
 
 __all__ = [
     "MVIT_PRESETS",
