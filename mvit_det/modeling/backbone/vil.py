@@ -276,7 +276,7 @@ class ViL(Backbone):
             use_act_checkpoint: recompute each attention + MLP pair in the backward pass
                 (``torch.utils.checkpoint``, non-reentrant).
             out_features: which of "scale2".."scale5" to return.
-            attn_impl: attention core, "auto", "eager", "sdpa" or "dense" (see
+            attn_impl: attention core, "auto", "eager", "sdpa", "recompute" or "dense" (see
                 :func:`~mvit_det.modeling.backbone.vil_attention.resolve_vil_attn_impl`).
         """
         super().__init__()

@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .utils import ceil_div, is_tracing_or_exporting
+from .vil_chunk_function import chunk_attention
 
 __all__ = [
     "VIL_ATTN_IMPLS",
@@ -26,7 +27,7 @@ __all__ = [
 ]
 
 WINDOW_MODES = ("chunk", "exact")
-VIL_ATTN_IMPLS = ("auto", "eager", "sdpa", "dense")
+VIL_ATTN_IMPLS = ("auto", "eager", "sdpa", "recompute", "dense")
 
 
 def resolve_vil_attn_impl(attn_impl: str, bias_needs_grad: bool, on_cpu: bool) -> str:
@@ -36,20 +37,26 @@ def resolve_vil_attn_impl(attn_impl: str, bias_needs_grad: bool, on_cpu: bool) -
     Args:
         attn_impl: "eager" (explicit scores per chunk neighbourhood, the reference), "sdpa" (one
             ``scaled_dot_product_attention`` call over gathered neighbourhoods; no score tensor
-            is built), "dense" (local queries against all tokens with an N x N mask: O(N^2),
-            for small maps and comparisons), or "auto".
+            is built), "recompute" (one autograd function that keeps only q, kv and the bias
+            tables and recomputes the neighbourhoods block by block in the backward pass:
+            :mod:`.vil_chunk_function`), "dense" (local queries against all tokens with an
+            N x N mask: O(N^2), for small maps and comparisons), or "auto".
         bias_needs_grad: whether the relative-position bias gets a gradient in this call
             (training with learned tables).
         on_cpu: whether the tensors are on the CPU.
 
     Returns:
-        "eager", "sdpa" or "dense". "auto" picks "sdpa", except for a backward through the bias
-        tables on the CPU: there the fused core must fold the bias into wider q/k/v, and the
-        explicit core is measured faster and leaner (projects/ViL/README.md).
+        "eager", "sdpa", "recompute" or "dense". "auto" picks "recompute" for a backward through
+        the bias tables on the CPU (in fp32 measured faster than the others there, with less
+        than half their memory: docs/benchmarks.md) and "sdpa" otherwise. Under tracing, export and
+        scripting, which cannot record the custom autograd function, it picks "eager" instead
+        of "recompute".
     """
     if attn_impl != "auto":
         return attn_impl
-    return "eager" if bias_needs_grad and on_cpu else "sdpa"
+    if bias_needs_grad and on_cpu:
+        return "eager" if is_tracing_or_exporting() else "recompute"
+    return "sdpa"
 
 
 def _width_multiple(x: torch.Tensor) -> int:
@@ -146,7 +153,8 @@ class LongformerAttention(nn.Module):
                 False they have their own ``query_global``/``kv_global``/``proj_global`` (local
                 queries still see the globals' keys through ``kv``).
             qkv_bias: learnable bias of the query and key/value projections.
-            attn_impl: "auto", "eager", "sdpa" or "dense" (see :func:`resolve_vil_attn_impl`).
+            attn_impl: "auto", "eager", "sdpa", "recompute" or "dense" (see
+                :func:`resolve_vil_attn_impl`).
         """
         super().__init__()
         if dim % num_heads:
@@ -224,6 +232,12 @@ class LongformerAttention(nn.Module):
         )
         if impl == "dense":
             out_local = self._local_dense(q_local, k, v, hw)
+        elif impl == "recompute":
+            to_global = self.g2l_relative_position_bias[1] if G else None
+            out_local = chunk_attention(
+                q_local, kv, table, to_global, self.bias_index, self.window_outside, hw,
+                self.num_heads, self.scale,
+            )  # fmt: skip
         else:
             out_local = self._local_chunked(q_local, k, v, hw, impl)
         out_local = self.proj(out_local)  # (B, HW, C)
