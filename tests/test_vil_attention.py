@@ -4,7 +4,8 @@ The oracle is full (N x N) attention with a mask, built position by position fro
 docs/vil.md: local queries see every global token and the local keys of their chunk
 neighbourhood ("chunk") or (2w + 1)^2 window ("exact"), clipped at the border; global queries
 see every token; the logits get the table entry of the (query - key) offset, or the per-head
-global constants. Every core (explicit, fused, dense) must equal it in outputs and gradients.
+global constants. Every core (explicit, fused, recomputing, dense) must equal it in outputs and
+gradients.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from mvit_det.modeling.backbones.vil import LongformerAttention, resolve_vil_attn_impl
+from mvit_det.modeling.backbones.vil import LongformerAttention, recompute, resolve_vil_attn_impl
 from mvit_det.modeling.backbones.vil.geometry import exact_window_outside, relative_bias_index
 
 from helpers import assert_grads_close, relative_error
@@ -26,7 +27,7 @@ pytestmark = pytest.mark.numerics
 # (H, W, w): a map with a partial last chunk in both directions, a map smaller than one chunk,
 # a one-row map, and a map with a partial chunk in one direction only.
 PADDED_CASES = [(10, 13, 3), (5, 5, 7), (1, 9, 2), (16, 11, 4)]
-IMPLS = ["eager", "sdpa", "dense"]
+IMPLS = ["eager", "sdpa", "recompute", "dense"]
 
 
 @functools.lru_cache(maxsize=None)
@@ -207,11 +208,25 @@ def test_bias_index_and_window_follow_the_offsets():
     assert ((~outside).sum(dim=1) == (2 * w + 1) ** 2).all()
 
 
-def test_auto_picks_the_fused_core_except_for_bias_gradients_on_the_cpu():
+def test_auto_picks_the_recomputing_core_for_bias_gradients_on_the_cpu():
     assert resolve_vil_attn_impl("auto", bias_needs_grad=False, on_cpu=True) == "sdpa"
     assert resolve_vil_attn_impl("auto", bias_needs_grad=True, on_cpu=False) == "sdpa"
-    assert resolve_vil_attn_impl("auto", bias_needs_grad=True, on_cpu=True) == "eager"
+    assert resolve_vil_attn_impl("auto", bias_needs_grad=True, on_cpu=True) == "recompute"
     assert resolve_vil_attn_impl("sdpa", bias_needs_grad=True, on_cpu=True) == "sdpa"
+    assert resolve_vil_attn_impl("recompute", bias_needs_grad=False, on_cpu=False) == "recompute"
+
+
+def test_auto_avoids_the_custom_function_under_tracing():
+    """Tracers and exporters cannot record the recomputing core's autograd function: under
+    tracing "auto" keeps the explicit core for bias gradients on the CPU."""
+    choices = []
+
+    def probe(x: torch.Tensor) -> torch.Tensor:
+        choices.append(resolve_vil_attn_impl("auto", bias_needs_grad=True, on_cpu=True))
+        return x + 1
+
+    torch.jit.trace(probe, torch.zeros(1), check_trace=False)
+    assert choices == ["eager"]
 
 
 class LargestTensor(TorchDispatchMode):
@@ -246,3 +261,112 @@ def test_fused_core_builds_no_token_by_token_tensor(grad):
     with LargestTensor() as dense, torch.no_grad():
         attn(x[:, : 1 + 24 * 24], (24, 24))
     assert dense.largest >= (24 * 24) ** 2
+
+
+# ---------------------------------------------------------------- the recomputing core
+
+
+@pytest.mark.parametrize("budget", [1, 3 * 5 * 9 * 83 * 2, 3 * 5 * 9 * 83 * 3 * 2])
+@pytest.mark.parametrize("mode", ["chunk", "exact"])
+@pytest.mark.parametrize("G", [0, 2])
+def test_recomputing_core_in_small_blocks_equals_oracle(budget, mode, G, monkeypatch):
+    """The map is processed in blocks of chunk rows (of some or all images); blocks of one chunk
+    row of one image, of one row of two of the three images, and of two rows of all images give
+    the oracle's outputs and gradients."""
+    monkeypatch.setattr(recompute, "BLOCK_ELEMENTS", budget)
+    attn = make_attention(G, 3, mode, False, "recompute", torch.float64)
+    x = torch.randn(3, G + 10 * 13, 12, dtype=torch.float64)
+    check_against_oracle(attn, x, (10, 13), 1e-10)
+
+
+@pytest.mark.parametrize("G", [0, 1])
+def test_recomputing_core_with_an_empty_batch(G):
+    attn = make_attention(G, 3, "chunk", True, "recompute", torch.float32)
+    x = torch.randn(0, G + 10 * 13, 12, requires_grad=True)
+    out = attn(x, (10, 13))
+    out.sum().backward()
+    assert out.shape == (0, G + 130, 12) and x.grad.shape == x.shape
+    assert not attn.local_relative_position_bias_table.grad.any()
+
+
+def saved_for_backward(fn) -> Tuple[int, int]:
+    """Runs ``fn`` and returns the bytes of the distinct storages that autograd keeps for its
+    backward pass and the number of elements of the largest tensor it keeps."""
+    storages, largest = {}, [0]
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        largest[0] = max(largest[0], t.numel())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(storages.values()), largest[0]
+
+
+@pytest.mark.parametrize("impl", ["recompute", "auto"])
+def test_recomputing_core_keeps_no_neighbourhood_tensor(impl):
+    """Between forward and backward the recomputing core (and "auto" when training on the CPU)
+    keeps the layer's q, kv, projections and global rows only, no tensor of (local tokens x
+    neighbourhood) elements, while the explicit core keeps far more; and no tensor of the
+    forward or the backward pass has more than a block of such elements."""
+    B, H, W, C, nh, w = 2, 56, 56, 24, 3, 7
+    L, N = H * W, 1 + H * W
+    neighbourhood = B * nh * L * 9 * w * w  # elements of the scores of all local queries
+    torch.manual_seed(0)
+    attn = LongformerAttention(dim=C, num_heads=nh, num_global=1, window=w, attn_impl=impl)
+    x = torch.randn(B, N, C, requires_grad=True)
+    outputs = []
+    kept, largest = saved_for_backward(lambda: outputs.append(attn(x, (H, W))))
+    # q and kv (2C) for the local rows; x, copies of the local tokens, the output before proj
+    # and the global rows' copies of k and v for the other layers: 8.4 (B, N, C) float32 tensors
+    assert kept <= 10 * B * N * C * 4, kept
+    assert largest <= B * N * 2 * C
+    with LargestTensor() as backward:
+        outputs[0].sum().backward()
+    assert backward.largest <= neighbourhood // 4, backward.shapes[-1]
+    with LargestTensor() as forward:
+        attn(x, (H, W))
+    assert forward.largest <= neighbourhood // 4, forward.shapes[-1]
+    attn.attn_impl = "eager"
+    kept_explicit, _ = saved_for_backward(lambda: attn(x, (H, W)))
+    assert kept_explicit >= neighbourhood * 4  # the probabilities alone
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("mode", ["chunk", "exact"])
+def test_recomputing_core_computes_low_precision_in_float32(dtype, mode):
+    """With bf16/fp16 inputs (what autocast gives it) the recomputing core computes scores,
+    softmax and gradients in float32: its outputs and the gradients of q and kv are the float32
+    results of the same values, rounded once, and the table gradients are those results."""
+    torch.manual_seed(0)
+    B, H, W, nh, d, G, w = 2, 10, 13, 3, 4, 1, 3
+    q = torch.randn(B, H * W, nh * d).to(dtype)
+    kv = torch.randn(B, G + H * W, 2 * nh * d).to(dtype)
+    grad_out = torch.randn(B, H * W, nh * d).to(dtype)
+    table, to_global = torch.randn((4 * w - 1) ** 2, nh), torch.randn(nh, G)
+    outside = exact_window_outside(w) if mode == "exact" else None
+    results = []
+    for cast in (lambda t: t.clone(), lambda t: t.float()):
+        q_, kv_ = cast(q).requires_grad_(True), cast(kv).requires_grad_(True)
+        tab, glob = table.clone().requires_grad_(True), to_global.clone().requires_grad_(True)
+        out = recompute.chunk_attention(
+            q_,
+            *kv_.chunk(2, dim=-1),
+            tab,
+            glob,
+            relative_bias_index(w),
+            outside,
+            (H, W),
+            nh,
+            d**-0.5,
+        )
+        out.backward(cast(grad_out))
+        results.append((out, q_.grad, kv_.grad, tab.grad, glob.grad))
+    low, high = results
+    assert low[0].dtype == low[1].dtype == low[2].dtype == dtype
+    for a, b in zip(low[:3], high[:3]):
+        assert torch.equal(a, b.to(dtype))
+    for a, b in zip(low[3:], high[3:]):
+        assert torch.equal(a, b)

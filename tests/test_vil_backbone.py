@@ -128,7 +128,7 @@ def test_drop_path_rises_linearly_over_all_block_pairs():
     assert pairs == pytest.approx([0.3 * i / 11 for i in range(12)])
 
 
-@pytest.mark.parametrize("attn_impl", ["eager", "sdpa"])
+@pytest.mark.parametrize("attn_impl", ["eager", "sdpa", "recompute"])
 def test_activation_checkpointing_matches_plain(attn_impl):
     plain = tiny_vil(attn_impl=attn_impl).train()
     checkpointed = tiny_vil(attn_impl=attn_impl, use_act_checkpoint=True).train()
@@ -164,7 +164,7 @@ def test_every_parameter_receives_a_gradient_but_the_dropped_global_rows():
 
 
 @pytest.mark.numerics
-@pytest.mark.parametrize("attn_impl", ["eager", "sdpa"])
+@pytest.mark.parametrize("attn_impl", ["eager", "sdpa", "recompute"])
 @pytest.mark.parametrize("window_mode", ["chunk", "exact"])
 def test_cores_agree_on_the_whole_backbone(attn_impl, window_mode):
     reference = tiny_vil(attn_impl="dense", window_mode=window_mode).double()
@@ -178,14 +178,15 @@ def test_cores_agree_on_the_whole_backbone(attn_impl, window_mode):
 
 
 @pytest.mark.numerics
-def test_bf16_autocast_is_close_to_fp32():
-    """Under bf16 autocast both cores round; measured against the fp32 result, the fused core is
-    about as accurate as the explicit one (outputs, and each non-vanishing parameter gradient
-    against the explicit core's error for that same parameter: 3x, or one bf16 eps relative to
-    the parameter's gradient norm), and both stay at bf16's accuracy. Over 8 inputs, bf16 and
-    fp16, both CPU capabilities and 1 or 2 threads, the largest fused/explicit ratio above the
-    floor was 1.9."""
-    eager, fused = tiny_vil(attn_impl="eager"), tiny_vil(attn_impl="sdpa")
+@pytest.mark.parametrize("attn_impl", ["sdpa", "recompute"])
+def test_bf16_autocast_is_close_to_fp32(attn_impl):
+    """Under bf16 autocast every core rounds; measured against the fp32 result, the fused core
+    and the recomputing core are about as accurate as the explicit one (outputs, and each
+    non-vanishing parameter gradient against the explicit core's error for that same parameter:
+    3x, or one bf16 eps relative to the parameter's gradient norm), and all stay at bf16's
+    accuracy. Over 8 inputs, bf16 and fp16, both CPU capabilities and 1 or 2 threads, the largest
+    fused/explicit ratio above the floor was 1.9."""
+    eager, fused = tiny_vil(attn_impl="eager"), tiny_vil(attn_impl=attn_impl)
     x = torch.randn(2, 3, 64, 96)
     out_ref, grad_ref = forward_backward(eager, x)
     with torch.autocast("cpu", dtype=torch.bfloat16):

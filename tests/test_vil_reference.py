@@ -57,7 +57,7 @@ GLOBALS = {
 # 60 x 84: stage maps 15 x 21, 8 x 11, 4 x 6, 2 x 3 (patch padding from stage 2 on);
 # 57 x 83: the same maps, with a padded first patch row and column as well.
 SIZES = ((60, 84), (57, 83))
-IMPLS = ("eager", "sdpa", "dense", "auto")
+IMPLS = ("eager", "sdpa", "recompute", "dense", "auto")
 BATCH = 2
 
 

@@ -10,7 +10,9 @@ and dtype:
   infer     inference latency on one image
 as ms per iteration (median after warm-up; the models' calls take turns, so a drift in machine
 speed affects all alike), images/s and peak memory (CUDA: the allocator's peak; CPU: the peak of
-the bytes that tensors hold during one call, from the profiler's allocation events), eager and/or
+the bytes that tensors hold during one call, from the profiler's allocation events, and the
+median over the timed calls of the process's peak resident memory beyond what was resident
+before the call), eager and/or
 under torch.compile (compile time reported), plus parameter counts and FLOPs (fvcore, with a
 count for the fused attention op). Prints a table and writes JSON.
 
@@ -27,6 +29,8 @@ from __future__ import annotations
 
 import argparse
 import copy
+import ctypes
+import ctypes.util
 import inspect
 import json
 import os
@@ -44,7 +48,7 @@ from detectron2.utils.events import EventStorage
 from ..config.lazy import BackboneNode, backbone_nodes
 from ..config.safe_yaml import load_lazy_config
 from ..model_zoo import resolve_config_file
-from ..modeling.backbones import families, family_of, find_backbone
+from ..modeling.backbones import BackboneFamily, families, family_of, find_backbone
 from ..utils.file_io import atomic_write
 from .loading import parse_hw
 
@@ -274,7 +278,8 @@ def measure(
 
     Returns:
         model name -> median ms per call, images/s, peak memory (CUDA: of a timed call; CPU: see
-        :func:`profile_cpu_call`), the time of the first call (compilation included) and with
+        :func:`profile_cpu_call`, and the median peak resident memory of the timed calls, see
+        :func:`reset_resident_peak`), the time of the first call (compilation included) and with
         ``--profile`` the top operators (CPU), or an error for a model whose call failed.
     """
     cuda = args.device.startswith("cuda")
@@ -290,14 +295,18 @@ def measure(
             rows[name] = {"error": error_text(err)}
     times: Dict[str, List[float]] = {name: [] for name in running}
     peaks = {name: 0 for name in running}
+    resident: Dict[str, List[int]] = {name: [] for name in running}
     for _ in range(args.iters):
         for name, fn in running.items():
             if cuda:
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats()
+            base = None if cuda else reset_resident_peak()
             times[name].append(timed_call(fn, args.device) * 1000)
             if cuda:
                 peaks[name] = max(peaks[name], torch.cuda.max_memory_allocated())
+            elif base is not None:
+                resident[name].append(max(_proc_status_bytes("VmHWM") - base, 0))
     if not cuda:
         for name, fn in running.items():
             peaks[name], top_ops = profile_cpu_call(fn)
@@ -310,7 +319,60 @@ def measure(
             images_per_s=round(workloads[name][1] * 1000 / ms, 2),
             peak_mem_gib=round(peaks[name] / 2**30, 3),
         )
+        if resident[name]:
+            rows[name]["peak_rss_gib"] = round(statistics.median(resident[name]) / 2**30, 3)
     return rows
+
+
+def _proc_status_bytes(field: str) -> int:
+    """A memory field of /proc/self/status (e.g. "VmRSS", "VmHWM") in bytes."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise OSError(f"no {field} in /proc/self/status")
+
+
+def reset_resident_peak() -> Optional[int]:
+    """
+    Prepares the measurement of one call's peak resident memory (CPU; Linux): hands the heap
+    memory that is free back to the system (glibc's ``malloc_trim``, where there is one), then
+    resets the process's resident high-water mark (``/proc/self/clear_refs``). After the call,
+    VmHWM minus the returned value is the most memory that was resident at once beyond what was
+    resident before (tensors, allocator caches, library buffers).
+
+    Returns:
+        the resident bytes now, or None where the high-water mark cannot be reset.
+    """
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc: freed memory may stay resident and the figure is a lower bound
+    try:
+        base = _proc_status_bytes("VmRSS")
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return None
+    return base
+
+
+def backbone_family(
+    model: torch.nn.Module,
+) -> Tuple[Optional[BackboneFamily], Optional[torch.nn.Module]]:
+    """The family of the model's backbone and the backbone; (None, None) where it has none."""
+    found = find_backbone(model)
+    return (family_of(found[1]), found[1]) if found else (None, None)
+
+
+def auto_attn_choice(model: torch.nn.Module, device: str) -> Optional[Dict[str, str]]:
+    """What ``attn_impl="auto"`` of the model's backbone runs on ``device`` in each situation its
+    family's rule tells apart (ViL: training, inference); None where the rule is one choice."""
+    family, _ = backbone_family(model)
+    if family is None or family.attention.auto_cases is None:
+        return None
+    return dict(family.attention.auto_cases(not device.startswith("cuda")))
 
 
 def profile_cpu_call(fn: Callable[[], Any], num_ops: int = 12) -> Tuple[int, List[list]]:
@@ -341,12 +403,11 @@ def attention_tensor_bytes(model: torch.nn.Module, core: str, args: argparse.Nam
     """Bytes of the largest tensor that the attention core ``core`` of the model's backbone
     builds at the benchmark's image size and batch (``attention_bytes`` of its family; 0 where
     the family gives none)."""
-    found = find_backbone(model)
-    family = family_of(found[1]) if found else None
+    family, backbone = backbone_family(model)
     if family is None or family.attention_bytes is None:
         return 0
     element = 2 if args.dtype in ("bf16", "fp16") else 4
-    return family.attention_bytes(found[1], core, args.image_size, args.batch, element)
+    return family.attention_bytes(backbone, core, args.image_size, args.batch, element)
 
 
 def dense_attention_bytes(model: torch.nn.Module, args: argparse.Namespace) -> int:
@@ -524,6 +585,9 @@ def run_benchmark(
             report["gflops_backbone_fpn"][name] = count_flops(model.backbone, args)
     if "reference" in models:
         report["max_rel_feature_diff_fp32"] = max_feature_difference(models, args)
+    auto_choice = auto_attn_choice(next(iter(models.values())), args.device)
+    if auto_choice:
+        report["auto_attn_impl"] = auto_choice
 
     for compiled in modes:
         workloads = {
@@ -571,9 +635,10 @@ def format_row(row: Dict[str, Any]) -> str:
     if "error" in row:
         return f"{label} ERROR {row['error']}"
     mem = f"{row['peak_mem_gib']:.2f} GiB" if row["peak_mem_gib"] is not None else "n/a"
+    rss = f"rss {row['peak_rss_gib']:.2f} GiB  " if row.get("peak_rss_gib") is not None else ""
     return (
         f"{label} {row['ms']:>9.1f} ms {row['images_per_s']:>7.2f} img/s  peak {mem:<10} "
-        f"first call {row['first_call_s']:.1f} s"
+        f"{rss}first call {row['first_call_s']:.1f} s"
     )
 
 
@@ -589,6 +654,9 @@ def format_table(report: Dict[str, Any]) -> str:
     if "max_rel_feature_diff_fp32" in report:
         lines.append(f"max relative feature difference vs reference (fp32): "
                      f"{report['max_rel_feature_diff_fp32']:.2e}")  # fmt: skip
+    if "auto_attn_impl" in report:
+        cases = ", ".join(f"{case} -> {core}" for case, core in report["auto_attn_impl"].items())
+        lines.append(f"attn_impl auto on {report['device']}: {cases}")
     lines += [format_row(r) for r in report["results"]]
     for r in report["results"]:
         if "top_ops" in r:

@@ -39,10 +39,14 @@ class AttentionCores:
         cores: name -> core function.
         auto: the rule for ``"auto"``: called with the family's context arguments (see the
             family's attention module), returns a name of ``cores``.
+        auto_cases: where the rule depends on the situation: ``auto_cases(on_cpu)`` maps each
+            situation it tells apart (e.g. "training", "inference") to its choice on the CPU
+            (True) or CUDA (False), for reports such as the benchmark's; None otherwise.
     """
 
     cores: Mapping[str, Callable[..., Any]]
     auto: Callable[..., str]
+    auto_cases: Optional[Callable[[bool], Dict[str, str]]] = None
 
     def names(self) -> Tuple[str, ...]:
         """The names an ``attn_impl`` argument accepts: ``"auto"``, then the cores."""

@@ -1,4 +1,4 @@
-"""The attention cores of ViL: the local rows of Vision Longformer attention, three ways.
+"""The attention cores of ViL: the local rows of Vision Longformer attention, four ways.
 
 Every core is a function ``core(attn, q, k, v, hw) -> out`` of the
 :class:`~.attention.LongformerAttention` module, its (B, H * W, C) local queries, the
@@ -10,14 +10,16 @@ choice.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Tuple
+from typing import TYPE_CHECKING, Dict, Tuple
 
 import torch
 import torch.nn.functional as F
 
 from ...fused_attention import folded_attention, folded_width
+from ...layers import is_tracing_or_exporting
 from ..registry import AttentionCores
 from .geometry import key_regions, query_chunks, unchunk
+from .recompute import chunk_attention
 
 if TYPE_CHECKING:
     from .attention import LongformerAttention
@@ -28,6 +30,7 @@ __all__ = [
     "auto_core",
     "dense_attention",
     "eager_attention",
+    "recompute_attention",
     "resolve_vil_attn_impl",
     "sdpa_attention",
 ]
@@ -129,6 +132,25 @@ def sdpa_attention(
     return unchunk(out.view(B, nh, rows, cols, w2, d), hw)
 
 
+def recompute_attention(
+    attn: "LongformerAttention",
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    hw: Tuple[int, int],
+) -> torch.Tensor:
+    """
+    The recomputing core: the explicit computation as one differentiable operator that keeps only
+    q, k, v and the bias parameters for the backward pass and recomputes the chunk neighbourhoods
+    block by block there (:mod:`.recompute`); no (tokens x 9w^2) tensor exists at any time.
+    """
+    to_global = attn.g2l_relative_position_bias[1] if attn.num_global else None
+    return chunk_attention(
+        q, k, v, attn.local_relative_position_bias_table, to_global, attn.bias_index,
+        attn.window_outside, hw, attn.num_heads, attn.scale,
+    )  # fmt: skip
+
+
 def dense_attention(
     attn: "LongformerAttention",
     q: torch.Tensor,
@@ -174,21 +196,35 @@ def dense_attention(
 
 def auto_core(bias_needs_grad: bool, on_cpu: bool) -> str:
     """
-    The rule for ``attn_impl="auto"``: "sdpa", except for a backward through the bias tables on
-    the CPU: there the fused core must fold the bias into wider q/k/v, and the explicit core is
-    measured faster and leaner (projects/ViL/README.md).
+    The rule for ``attn_impl="auto"``: "recompute" for a backward through the bias tables on the
+    CPU (in fp32 measured faster than the others there, with less than half their memory:
+    docs/benchmarks.md), "sdpa" otherwise. Under tracing, export and scripting, which cannot
+    record the operators of "recompute", it picks "eager" instead of "recompute".
 
     Args:
         bias_needs_grad: whether the relative-position bias gets a gradient in this call
             (training with learned tables).
         on_cpu: whether the tensors are on the CPU.
     """
-    return "eager" if bias_needs_grad and on_cpu else "sdpa"
+    if bias_needs_grad and on_cpu:
+        return "eager" if is_tracing_or_exporting() else "recompute"
+    return "sdpa"
+
+
+def auto_cases(on_cpu: bool) -> Dict[str, str]:
+    """What :func:`auto_core` picks for training (bias gradients) and for inference."""
+    return {"training": auto_core(True, on_cpu), "inference": auto_core(False, on_cpu)}
 
 
 VIL_CORES = AttentionCores(
-    cores={"eager": eager_attention, "sdpa": sdpa_attention, "dense": dense_attention},
+    cores={
+        "eager": eager_attention,
+        "sdpa": sdpa_attention,
+        "recompute": recompute_attention,
+        "dense": dense_attention,
+    },
     auto=auto_core,
+    auto_cases=auto_cases,
 )
 VIL_ATTN_IMPLS = VIL_CORES.names()
 
