@@ -216,15 +216,21 @@ def rel_pos_lookup(q_len: int, k_len: int, table: torch.Tensor) -> torch.Tensor:
     indexed by ``i * max(k/q, 1) - j * max(q/k, 1) + (k_len - 1) * max(q/k, 1)`` (exactly).
     """
     resized = resize_linear(table, 2 * max(q_len, k_len) - 1)
+    index = exact_index(q_len, k_len)
+    assert index.min() >= 0 and index.max() < resized.shape[0]
+    return resized[index]
+
+
+def exact_index(q_len: int, k_len: int) -> torch.Tensor:
+    """(q_len, k_len) table index of every pair along one axis, in exact rational arithmetic."""
     q_scale = max(Fraction(k_len, q_len), Fraction(1))
     k_scale = max(Fraction(q_len, k_len), Fraction(1))
-    index = [
-        [math.floor(i * q_scale - j * k_scale + (k_len - 1) * k_scale) for j in range(k_len)]
-        for i in range(q_len)
-    ]
-    index_t = torch.tensor(index)
-    assert index_t.min() >= 0 and index_t.max() < resized.shape[0]
-    return resized[index_t]
+    return torch.tensor(
+        [
+            [math.floor(i * q_scale - j * k_scale + (k_len - 1) * k_scale) for j in range(k_len)]
+            for i in range(q_len)
+        ]
+    )
 
 
 def attention_core(
@@ -623,3 +629,44 @@ def test_variants_equal_reference(attn_impl, kwargs, reference_kwargs, hw):
     model = perturbed_model(attn_impl=attn_impl, **kwargs)
     x = torch.randn(2, 3, *hw, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     check_against_reference(model, x, reference_kwargs, kwargs)
+
+
+def test_rel_pos_index_is_exact_where_lengths_divide():
+    """The relative-position index along an axis, read through a table whose entries are their
+    own index, equals the exact one wherever the q and k lengths divide each other (every pair
+    of an input whose sides are multiples of 32); elsewhere it is computed in float32 and
+    truncated, as in Detectron2's implementation, and can be one less (q 8, k 6)."""
+    from mvit_det.modeling.backbones.mvit.geometry import relative_position_table
+
+    def index(q_len: int, k_len: int) -> torch.Tensor:
+        table = torch.arange(2 * max(q_len, k_len) - 1, dtype=torch.float64)[:, None]
+        return relative_position_table(q_len, k_len, table)[..., 0].long()
+
+    for q_len in range(1, 65):
+        for k_len in range(1, 65):
+            if q_len % k_len == 0 or k_len % q_len == 0:
+                assert torch.equal(index(q_len, k_len), exact_index(q_len, k_len)), (q_len, k_len)
+    difference = exact_index(8, 6) - index(8, 6)
+    assert difference.min() == 0 and difference.max() == 1
+
+
+@pytest.mark.parametrize("hw", [(64, 96), (160, 224)])
+def test_rel_pos_lengths_divide_for_sides_that_are_multiples_of_32(hw, monkeypatch):
+    """Every block of the MViTv2-T detector backbone (hybrid windows, pooled q and kv) looks up
+    relative positions only for q and k lengths that divide each other when the input sides are
+    multiples of 32: there the float32 index above is exact."""
+    from mvit_det import mvit_preset
+    from mvit_det.modeling.backbones.mvit import attention, geometry
+
+    pairs = []
+
+    def recording(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Tensor:
+        pairs.append((q_size, k_size))
+        return geometry.relative_position_table(q_size, k_size, rel_pos)
+
+    monkeypatch.setattr(attention, "relative_position_table", recording)
+    model = MViT(**mvit_preset("T"), residual_pooling=True)  # windows of 56, relative positions
+    with torch.no_grad():
+        model(torch.zeros(1, 3, *hw))
+    assert len(pairs) == 2 * len(model.blocks)
+    assert all(q % k == 0 or k % q == 0 for q, k in pairs), sorted(set(pairs))
