@@ -107,17 +107,36 @@ def register_coco_dataset(name: str, json_file: str, image_root: str) -> None:
         image_root: folder that the JSON's ``file_name`` entries are relative to.
     """
     json_file, image_root = os.path.abspath(json_file), os.path.abspath(image_root)
+    if not needs_registration(name, json_file, image_root):
+        return
+    register_coco_instances(name, {}, json_file, image_root)
+    _CUSTOM_DATASETS.add(name)
+
+
+def needs_registration(name: str, json_file: str, image_root: str) -> bool:
+    """
+    Whether ``name`` still has to be registered for these files: False when it already is
+    (registering again is a no-op), True after checking that the files exist.
+
+    Args:
+        name: dataset name.
+        json_file: absolute path of the annotation file.
+        image_root: absolute path of the image folder.
+
+    Raises:
+        DatasetError: ``name`` is registered with other files, so that a typo cannot silently
+            train on the wrong data; or the files are missing.
+    """
     if name in DatasetCatalog.list():
         meta = MetadataCatalog.get(name)
         if (meta.get("json_file"), meta.get("image_root")) == (json_file, image_root):
-            return
+            return False
         raise DatasetError(
             f"Dataset '{name}' is already registered with json_file={meta.get('json_file')} and "
             f"image_root={meta.get('image_root')}; pick another name for {json_file}."
         )
     _check_files(name, json_file, image_root)
-    register_coco_instances(name, {}, json_file, image_root)
-    _CUSTOM_DATASETS.add(name)
+    return True
 
 
 def register_datasets_from_config(datasets: Mapping[str, Mapping[str, str]]) -> None:

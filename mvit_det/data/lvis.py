@@ -17,7 +17,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets.lvis import load_lvis_json
 from detectron2.data.detection_utils import get_fed_loss_cls_weights
 
-from .datasets import DatasetError, InvalidDatasetError, _check_files
+from .datasets import DatasetError, InvalidDatasetError, needs_registration
 
 __all__ = [
     "LVISNotInstalledError",
@@ -128,15 +128,8 @@ def register_lvis_dataset(name: str, json_file: str, image_root: str) -> None:
         image_root: the folder holding the image folders named in the ``coco_url`` entries.
     """
     json_file, image_root = os.path.abspath(json_file), os.path.abspath(image_root)
-    if name in DatasetCatalog.list():
-        meta = MetadataCatalog.get(name)
-        if (meta.get("json_file"), meta.get("image_root")) == (json_file, image_root):
-            return
-        raise DatasetError(
-            f"Dataset '{name}' is already registered with json_file={meta.get('json_file')} and "
-            f"image_root={meta.get('image_root')}; pick another name for {json_file}."
-        )
-    _check_files(name, json_file, image_root)
+    if not needs_registration(name, json_file, image_root):
+        return
     categories = _lvis_categories(name, json_file)
 
     def load() -> List[Dict]:
