@@ -291,7 +291,7 @@ def test_a_missing_block_tensor_is_surprising(tmp_path: Path) -> None:
     with checkpointer_log() as records, pytest.raises(MissingBackboneKeysError):
         BackboneCheckpointer(mask_rcnn()).load(str(path))
     warning = text_at(records, logging.WARNING)
-    assert "!! SURPRISING: 1 tensors in 1 groups" in warning
+    assert "!! SURPRISING: 1 tensor in 1 group;" in warning
     assert PREFIX + "blocks.3.attn.proj.weight" in warning
 
     checkpointer = BackboneCheckpointer(model, allow_missing_backbone_keys=True)

@@ -20,21 +20,10 @@ from mvit_det.engine.metrics_plot import DEFAULT_SIZE, PlotMetricsHook, plot_met
 from mvit_det.tools import demo
 from mvit_det.tools import plot_metrics as tool
 
+# The demo config with a 4-block, 16-dim MViT and batches of 2 images at 128 px.
+from test_train_net import TINY
+
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-# The demo config with a 4-block, 16-dim MViT and batches of 2 images at 128 px (as
-# tests/test_train_net.py).
-TINY = [
-    "model.backbone.bottom_up.embed_dim=16",
-    "model.backbone.bottom_up.depth=4",
-    "model.backbone.bottom_up.last_block_indexes=[0,1,2,3]",
-    "model.roi_heads.batch_size_per_image=32",
-    "dataloader.train.total_batch_size=2",
-    "dataloader.train.mapper.augmentations.1.target_height=128",
-    "dataloader.train.mapper.augmentations.1.target_width=128",
-    "dataloader.train.mapper.augmentations.2.crop_size=[128,128]",
-    "dataloader.test.mapper.augmentations.0.short_edge_length=128",
-    "dataloader.test.mapper.augmentations.0.max_size=128",
-]
 
 
 def first_run(it: int) -> Dict[str, Any]:
@@ -211,9 +200,9 @@ def test_hook_failure_is_a_warning(tmp_path: Path) -> None:
 def test_demo_run_draws_its_curves_and_prints_where(
     shapes_datasets_root: str, tmp_path: Path, capsys
 ) -> None:
-    """A real training run (the demo, 4 iterations, evaluated after iterations 1 and 3): the
-    picture is drawn after the first evaluation and at the end, shows the run's metrics.json,
-    and the demo prints where it is."""
+    """A real training run (the demo, iterations 0-3, evaluated after iteration 1 and at the
+    end): the picture is drawn after the first evaluation and at the end, shows the run's
+    metrics.json, and the demo prints where it is."""
     out = tmp_path / "demo"
     argv = ["--output-dir", str(out), "--num-vis", "1"] + TINY
     argv += ["train.max_iter=4", "train.eval_period=2", "train.log_period=1"]

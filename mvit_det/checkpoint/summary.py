@@ -102,9 +102,11 @@ class LoadingSummary:
         ]
         if self.surprising:
             count = sum(len(g.keys) for g in self.surprising)
+            groups = len(self.surprising)
             lines.append(
-                f"  !! SURPRISING: {count} tensors in {len(self.surprising)} groups; check that "
-                "the file and the model are the ones you mean"
+                f"  !! SURPRISING: {count} tensor{'s' * (count != 1)} in {groups} "
+                f"group{'s' * (groups != 1)}; check that the file and the model are the ones you "
+                "mean"
             )
         else:
             lines.append("  nothing surprising: every tensor not loaded is expected for this file")
