@@ -33,6 +33,8 @@ setup(
         "opencv-python-headless",
         "timm",
         "safetensors",
+        # the training curves (metrics.png, tools/plot_metrics.py); detectron2 requires it too
+        "matplotlib",
     ],
     extras_require={
         "test": ["pytest", "shapely", "onnx", "onnxruntime", "onnxscript"],

@@ -768,4 +768,147 @@ FAULTS = [
         new="  MIN_SIZE_TEST: 1024",
         tests=["tests/test_yacs.py::test_yaml_test_input_equals_the_lazy_config"],
     ),
+    # ------------------------------------------------------------------ loading summary
+    dict(
+        name="loading_summary_new_keys_surprising",
+        what="the per-output norms a detection backbone adds are reported as surprising",
+        file="mvit_det/checkpoint/summary.py",
+        old="        elif key in new:\n",
+        new="        elif False:\n",
+        tests=[
+            "tests/test_loading_report.py::test_classification_files_load_with_only_expected_gaps"
+        ],
+    ),
+    dict(
+        name="loading_summary_heads_surprising",
+        what="the FPN and heads missing from a backbone-only file are reported as surprising",
+        file="mvit_det/checkpoint/summary.py",
+        old="        elif not detector_weights:\n",
+        new="        elif detector_weights:\n",
+        tests=["tests/test_loading_report.py::test_published_vil_classification_file"],
+    ),
+    dict(
+        name="loading_summary_shapes_ignored",
+        what="tensors of other shapes counted as loaded instead of surprising",
+        file="mvit_det/checkpoint/summary.py",
+        old="            if old == shape:\n",
+        new="            if True:\n",
+        tests=[
+            "tests/test_loading_report.py::test_other_shapes_and_unknown_tensors_are_surprising"
+        ],
+    ),
+    dict(
+        name="loading_summary_unknown_keys_expected",
+        what="tensors the model has no place for reported as expected",
+        file="mvit_det/checkpoint/summary.py",
+        old='surprising[("unused", "not used by the model")]',
+        new='expected[("unused", "not used by the model")]',
+        tests=[
+            "tests/test_loading_report.py::test_other_shapes_and_unknown_tensors_are_surprising"
+        ],
+    ),
+    dict(
+        name="loading_summary_detectron2_warnings_loud",
+        what="Detectron2's warning lists the expected FPN and heads again",
+        file="mvit_det/checkpoint/checkpointer.py",
+        old="        self.logger = _WarningsAtDebug(logger)  # type: ignore[assignment]\n",
+        new="",
+        tests=[
+            "tests/test_loading_report.py::test_classification_files_load_with_only_expected_gaps"
+        ],
+    ),
+    dict(
+        name="loading_summary_detectron2_warnings_silenced",
+        what="Detectron2's warning about a missing block tensor goes to debug level too",
+        file="mvit_det/checkpoint/checkpointer.py",
+        old="missing_keys=[k for k in incompatible.missing_keys if k not in expected],",
+        new="missing_keys=[],",
+        tests=["tests/test_loading_report.py::test_a_missing_block_tensor_is_surprising"],
+    ),
+    dict(
+        name="loading_summary_not_printed",
+        what="the tools load weights without printing the loading summary",
+        file="mvit_det/tools/loading.py",
+        old="            print(loaded.loading.format(), file=sys.stdout, flush=True)\n",
+        new="            pass\n",
+        tests=["tests/test_loading_report.py::test_tools_print_the_summary"],
+    ),
+    dict(
+        name="mae_decoder_not_dropped",
+        what="an MAE pretraining checkpoint's decoder refused as tensors of another model",
+        file="mvit_det/modeling/backbones/mvit/weights.py",
+        old='    (re.compile(r"^(decoder_|mask_token$)"), "MAE pretraining decoder"),\n',
+        new="",
+        tests=[
+            "tests/test_loading_report.py::test_classification_files_load_with_only_expected_gaps"
+        ],
+    ),
+    # ------------------------------------------------------------------ training curves
+    dict(
+        name="metrics_plot_first_record_wins",
+        what="of a resumed run's repeated iterations, the interrupted run's records are drawn",
+        file="mvit_det/engine/metrics_plot.py",
+        old="                by_iteration[iteration] = record  # a later line replaces an earlier one",
+        new="                by_iteration.setdefault(iteration, record)",
+        tests=["tests/test_plot_metrics.py::test_tool_draws_the_series_of_a_resumed_run"],
+    ),
+    dict(
+        name="metrics_plot_nan_drawn",
+        what="NaN and infinite values kept in the drawn series",
+        file="mvit_det/engine/metrics_plot.py",
+        old="    return float(value) if math.isfinite(value) else None",
+        new="    return float(value)",
+        tests=["tests/test_plot_metrics.py::test_tool_draws_the_series_of_a_resumed_run"],
+    ),
+    dict(
+        name="metrics_plot_not_atomic",
+        what="the picture is written in place, so a failed drawing leaves half a file",
+        file="mvit_det/engine/metrics_plot.py",
+        old='    atomic_write(path, lambda f: figure.savefig(f, format="png", dpi=_DPI))',
+        new='    with open(path, "wb") as f:\n        figure.savefig(f, format="png", dpi=_DPI)',
+        tests=["tests/test_plot_metrics.py::test_a_failed_drawing_leaves_the_previous_picture"],
+    ),
+    dict(
+        name="metrics_plot_drawn_before_the_results_are_written",
+        what="the hook draws right after an evaluation, before metrics.json holds its results",
+        file="mvit_det/engine/metrics_plot.py",
+        old="        if self._pending and next_iter % self._write_period == 0:",
+        new="        if self._pending:",
+        tests=[
+            "tests/test_plot_metrics.py::test_hook_draws_once_each_evaluation_is_written_and_at_the_end"
+        ],
+    ),
+    dict(
+        name="metrics_plot_failure_stops_training",
+        what="a picture that cannot be written raises out of the training loop",
+        file="mvit_det/engine/metrics_plot.py",
+        old="        except Exception as e:  # a picture is never worth a training run",
+        new="        except ImportError as e:  # a picture is never worth a training run",
+        tests=["tests/test_plot_metrics.py::test_hook_failure_is_a_warning"],
+    ),
+    dict(
+        name="metrics_plot_hook_before_writer",
+        what="the training hook draws before metrics.json is written, missing the last results",
+        file="mvit_det/engine/train_net.py",
+        old=(
+            "                hooks.PeriodicWriter(writers, period=cfg.train.log_period),\n"
+            "                # After the writer: it draws metrics.json as just written.\n"
+            "                PlotMetricsHook(\n"
+            '                    os.path.join(cfg.train.output_dir, "metrics.json"),\n'
+            "                    os.path.join(cfg.train.output_dir, METRICS_PICTURE),\n"
+            "                    eval_period=cfg.train.eval_period,\n"
+            "                    write_period=cfg.train.log_period,\n"
+            "                ),\n"
+        ),
+        new=(
+            "                PlotMetricsHook(\n"
+            '                    os.path.join(cfg.train.output_dir, "metrics.json"),\n'
+            "                    os.path.join(cfg.train.output_dir, METRICS_PICTURE),\n"
+            "                    eval_period=cfg.train.eval_period,\n"
+            "                    write_period=cfg.train.log_period,\n"
+            "                ),\n"
+            "                hooks.PeriodicWriter(writers, period=cfg.train.log_period),\n"
+        ),
+        tests=["tests/test_plot_metrics.py::test_demo_run_draws_its_curves_and_prints_where"],
+    ),
 ]

@@ -11,7 +11,8 @@ from typing import List
 
 import pytest
 
-from mvit_det.tools import analyze, benchmark, convert_checkpoint, demo, evaluate, export, predict
+from mvit_det.tools import analyze, benchmark, convert_checkpoint, demo, evaluate, export
+from mvit_det.tools import plot_metrics, predict
 from mvit_det.utils.file_io import file_lock
 
 from helpers import REPO
@@ -61,6 +62,7 @@ EXAMPLE_TOOLS = {
     "export": export,
     "analyze": analyze,
     "convert_checkpoint": convert_checkpoint,
+    "plot_metrics": plot_metrics,
 }
 
 

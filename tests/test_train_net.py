@@ -10,12 +10,15 @@ import subprocess
 import sys
 import warnings
 
+import cv2
+import numpy as np
 import pytest
 import torch
 
 from mvit_det.data import datasets
 from mvit_det.data.shapes import shapes_dataset_files
 from mvit_det.engine import train_net
+from mvit_det.engine.metrics_plot import plot_metrics
 from mvit_det.engine.train_net import build_argument_parser, main, run_cli, setup
 from mvit_det.utils.file_io import file_lock
 
@@ -162,6 +165,12 @@ def test_kill_and_resume_equals_an_uninterrupted_run(shapes_datasets_root, tmp_p
     assert _logged_iterations(out) == _logged_iterations(whole) == [1, 3, 5]
     assert _metrics(out) == _metrics(whole)
     assert any("bbox/AP" in r for r in _metrics(out))
+    # metrics.png of each run shows its whole metrics.json, the resumed one's included
+    for run in (whole, out):
+        again = str(tmp_path / "again.png")
+        plot_metrics(os.path.join(run, "metrics.json"), again)
+        picture = cv2.imread(os.path.join(run, "metrics.png"), cv2.IMREAD_UNCHANGED)
+        assert np.array_equal(picture, cv2.imread(again, cv2.IMREAD_UNCHANGED)), run
 
     # Resuming a model of another shape is refused before any optimizer step.
     with warnings.catch_warnings():

@@ -28,6 +28,7 @@ from .io import (
     save_checkpoint,
 )
 from .mapping import LoadReport
+from .summary import KeyGroup, LoadingSummary, summarize_loading
 
 # The weight mappings of the shipped families, under the names they have always had here. They
 # are resolved on first use: the families' modules build on this package (errors, LoadReport), so
@@ -57,7 +58,9 @@ __all__ = [
     "CheckpointNotFoundError",
     "ChecksumMismatchError",
     "DamagedCheckpointError",
+    "KeyGroup",
     "LoadReport",
+    "LoadingSummary",
     "MViTCheckpointer",
     "MissingBackboneKeysError",
     "NotACheckpointError",
@@ -76,5 +79,6 @@ __all__ = [
     "read_checkpoint",
     "resolve_local_path",
     "save_checkpoint",
+    "summarize_loading",
     "timm_to_flat",
 ]

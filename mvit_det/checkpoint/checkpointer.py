@@ -3,6 +3,7 @@ Detectron2 MViT weights, published ViL weights, ...) safely."""
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from typing import Any, Dict, List, Optional, Tuple
@@ -27,6 +28,7 @@ from .errors import (
 from .backbones import adapt_backbone_state_dict, find_backbone
 from .io import CheckpointFile, nonfinite_tensors, read_checkpoint, resolve_local_path
 from .mapping import LoadReport
+from .summary import LoadingSummary, summarize_loading
 from .unpickling import names_of
 
 __all__ = ["BackboneCheckpointer", "MViTCheckpointer", "plain_data"]
@@ -80,7 +82,12 @@ class BackboneCheckpointer(DetectionCheckpointer):
     read_checkpoint`); ``trust=True`` unpickles arbitrary objects. Backbone weights are renamed to
     the model's names (``backbone.bottom_up.*``), classification-only weights are dropped,
     position tables are interpolated, and a report of loaded / resized / dropped / new / missing
-    keys is logged (also kept as ``last_report``). Backbone tensors are never silently skipped:
+    keys is logged (also kept as ``last_report``), followed by a summary of the whole model's
+    tensors (``last_summary``, a :class:`~mvit_det.checkpoint.summary.LoadingSummary`) that sets
+    what is expected for the file apart from what is surprising; it is logged as a warning when
+    something is surprising. Detectron2's own messages about missing and unused keys are kept
+    for the surprising keys and logged at debug level for the expected ones. Backbone tensors
+    are never silently skipped:
     shapes that cannot be mapped raise :class:`ArchitectureMismatchError`, and missing backbone
     keys raise :class:`MissingBackboneKeysError` unless ``allow_missing_backbone_keys``. Models
     without such a backbone load by name, with the same safe reading; weights from Caffe2 and
@@ -118,6 +125,8 @@ class BackboneCheckpointer(DetectionCheckpointer):
         self.allow_missing_backbone_keys = allow_missing_backbone_keys
         self.trust = trust
         self.last_report: Optional[LoadReport] = None
+        self.last_summary: Optional[LoadingSummary] = None
+        self._summary: Optional[LoadingSummary] = None  # of the load in progress
         self._source = ""  # description of the file being loaded, for the report
         self._resuming_from = ""  # the checkpoint being resumed from, while it loads
         self._matching_heuristics = False  # asked for by the path being loaded
@@ -152,6 +161,7 @@ class BackboneCheckpointer(DetectionCheckpointer):
             path = resolve_local_path(path)
         self._resuming_from = path if checkpointables is None and self.checkpointables else ""
         self._matching_heuristics = heuristics
+        self._summary = None
         try:
             # fvcore's load: the path is local already, and the query is read above.
             return Checkpointer.load(self, path, checkpointables)
@@ -201,7 +211,10 @@ class BackboneCheckpointer(DetectionCheckpointer):
         # The weights are mapped by name above; Detectron2's fuzzy matching must not rename them.
         checkpoint.pop("matching_heuristics", None)
         self.last_report = report
+        summary = summarize_loading(self.model.state_dict(), checkpoint["model"], report, prefix)
+        self.last_summary = self._summary = summary
         self.logger.info(report.format())
+        (self.logger.warning if summary.surprising else self.logger.info)(summary.format())
         if report.missing:
             message = (
                 f"{len(report.missing)} backbone tensors are missing from {self._source} and would "
@@ -217,6 +230,34 @@ class BackboneCheckpointer(DetectionCheckpointer):
         new = set(report.new)
         missing: List[str] = [k for k in incompatible.missing_keys if k not in new]
         return incompatible._replace(missing_keys=missing)
+
+    def _log_incompatible_keys(self, incompatible: _IncompatibleKeys) -> None:
+        """Detectron2's messages about missing, unused and reshaped keys: as warnings for the
+        keys the loading summary finds surprising (or all of them, without a summary), at debug
+        level for those it expects (e.g. the FPN and heads missing from a classification
+        checkpoint), which the summary already reports."""
+        summary, self._summary = self._summary, None
+        if summary is None:
+            super()._log_incompatible_keys(incompatible)
+            return
+        expected = summary.keys(surprising=False)
+        quiet = _IncompatibleKeys(
+            missing_keys=[k for k in incompatible.missing_keys if k in expected],
+            unexpected_keys=[k for k in incompatible.unexpected_keys if k in expected],
+            incorrect_shapes=[],
+        )
+        loud = _IncompatibleKeys(
+            missing_keys=[k for k in incompatible.missing_keys if k not in expected],
+            unexpected_keys=[k for k in incompatible.unexpected_keys if k not in expected],
+            incorrect_shapes=incompatible.incorrect_shapes,
+        )
+        logger = self.logger
+        self.logger = _WarningsAtDebug(logger)  # type: ignore[assignment]
+        try:
+            super()._log_incompatible_keys(quiet)
+        finally:
+            self.logger = logger
+        super()._log_incompatible_keys(loud)
 
     def _refuse_other_shapes(self, incompatible: _IncompatibleKeys) -> _IncompatibleKeys:
         """When resuming, tensors of other shapes mean another model: the optimizer state
@@ -356,6 +397,21 @@ class BackboneCheckpointer(DetectionCheckpointer):
             return
         path = os.path.join(self.save_dir, "last_checkpoint")
         atomic_write(path, lambda f: f.write(last_filename_basename.encode()))
+
+
+class _WarningsAtDebug:
+    """A logger whose warnings and infos are logged at debug level."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self._logger = logger
+
+    def warning(self, msg: Any, *args: Any, **kwargs: Any) -> None:
+        self._logger.debug(msg, *args, **kwargs)
+
+    info = warning
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._logger, name)
 
 
 # The name the checkpointer had when MViT was the only family.

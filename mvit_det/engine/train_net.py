@@ -12,7 +12,9 @@ launcher, and die with it), writes checkpoints atomically as plain data, never s
 (NaN/Inf) weights, and resumes exactly: the data position, the random streams and the smoothed
 metrics continue where the checkpoint left them, and an ``optimizer.lr`` given on resuming
 replaces the checkpoint's. A log, ``metrics.json`` or checkpoint that cannot be written (a full
-disk) ends the run with one ``error:`` line naming the file, exit status 2.
+disk) ends the run with one ``error:`` line naming the file, exit status 2. ``metrics.png`` in the
+output folder shows the losses, the LR and the evaluation AP, drawn after each evaluation and at
+the end.
 """
 
 import argparse
@@ -62,6 +64,7 @@ from ..config.safe_yaml import UnsafeConfigError, add_trust_config_argument, loa
 from ..model_zoo import resolve_config_file
 from ..config.lazy import backbone_nodes
 from ..utils.file_io import FileLockedError, atomic_write, remove_stale_temp_files
+from .metrics_plot import METRICS_PICTURE, PlotMetricsHook
 from .overrides import ConfigOverrideError, apply_overrides_checked
 from .scaling import auto_scale_recipe, micro_batch_size, scale_recipe
 from .train_loader import DataLoadingError, ResumableTrainLoader
@@ -907,6 +910,10 @@ def do_train(
     Returns:
         the results of the last evaluation.
 
+    The main process also draws the losses, the LR and the evaluation AP of metrics.json into
+    ``metrics.png`` in ``train.output_dir`` after each evaluation and at the end (a picture
+    that cannot be drawn is a logged warning).
+
     Resuming restores the checkpoint's optimizer state, except for its settings: the LR (the
     schedule continues from the config's ``optimizer.lr``), the weight decay and the other
     numeric settings are the config's.
@@ -990,7 +997,18 @@ def do_train(
                 cfg.train.output_dir, purge_step=start_iter if events else None
             ),
         ]
-        trainer.register_hooks([hooks.PeriodicWriter(writers, period=cfg.train.log_period)])
+        trainer.register_hooks(
+            [
+                hooks.PeriodicWriter(writers, period=cfg.train.log_period),
+                # After the writer: it draws metrics.json as just written.
+                PlotMetricsHook(
+                    os.path.join(cfg.train.output_dir, "metrics.json"),
+                    os.path.join(cfg.train.output_dir, METRICS_PICTURE),
+                    eval_period=cfg.train.eval_period,
+                    write_period=cfg.train.log_period,
+                ),
+            ]
+        )
     trainer.register_hooks(
         [_RaiseWriteErrors(), hooks.PeriodicCheckpointer(checkpointer, **checkpoint_options)]
     )

@@ -6,7 +6,8 @@ initialised model on ``shapes_val`` with Detectron2's COCOEvaluator, trains it w
 configs/demo/mask_rcnn_mvitv2_shapes.py (``--backbone vil``:
 projects/ViL/configs/demo/mask_rcnn_vil_shapes.py; both LSJ at 192 px), evaluates it again,
 prints the bbox and segm AP before and after, and writes visualised validation predictions as PNG
-files.
+files. Training draws its losses, learning rate and AP into ``metrics.png`` in the output folder;
+the demo prints where both kinds of pictures are.
 
     python tools/demo.py [--backbone {mvit,vil}] [--output-dir DIR] [--num-vis N] [key=value ...]
 
@@ -32,6 +33,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data import detection_utils
 from detectron2.utils.visualizer import Visualizer
 
+from ..engine.metrics_plot import METRICS_PICTURE
 from ..engine.overrides import ConfigOverrideError, apply_overrides_checked
 from ..engine.train_net import UsageError, build_argument_parser, do_test, do_train, setup
 from ..engine.train_net import load_config, scaled_milestones, training_output_dir
@@ -181,6 +183,7 @@ def _run_demo(cfg: Any, num_vis: int, start: float) -> int:
     print("Evaluating the untrained model on shapes_val ...", flush=True)
     before = do_test(cfg, model)
     t_train = time.perf_counter()
+    train_started = time.time()  # wall clock, to tell this run's picture from an earlier one
     after = do_train(cfg, model=model)
     train_minutes = (time.perf_counter() - t_train) / 60
 
@@ -204,5 +207,11 @@ def _run_demo(cfg: Any, num_vis: int, start: float) -> int:
         f"(whole demo {total_minutes:.1f} min):"
     )
     print(_ap_table(before, after))
-    print(f"\nVisualisations: {', '.join(paths)}")
+    print(f"\nVisualisations: {', '.join(paths) or 'none (--num-vis 0)'}")
+    curves = os.path.join(cfg.train.output_dir, METRICS_PICTURE)
+    # 2 s of slack for file systems that keep modification times in whole seconds
+    if os.path.isfile(curves) and os.path.getmtime(curves) >= train_started - 2:
+        print(f"Training curves (losses, learning rate, AP): {curves}")
+    else:
+        print(f"Training curves: {curves} could not be drawn (see the log)")
     return 0

@@ -10,6 +10,7 @@ alike. Weights and YAML configs are read without running code from them unless t
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -21,7 +22,7 @@ from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 
-from ..checkpoint import BackboneCheckpointer, CheckpointError
+from ..checkpoint import BackboneCheckpointer, CheckpointError, LoadingSummary
 from ..config.safe_yaml import (
     UnsafeConfigError,
     add_trust_config_argument,
@@ -72,6 +73,8 @@ class LoadedModel:
         input_format: channel order the model expects ("RGB" or "BGR").
         dataset: the config's test dataset (for metadata and evaluation).
         config_file: the resolved config path.
+        loading: what loading the weights did with each tensor, expected and surprising
+            (None without weights, or for a model without a backbone of a registered family).
     """
 
     model: torch.nn.Module
@@ -79,6 +82,7 @@ class LoadedModel:
     input_format: str
     dataset: str
     config_file: str
+    loading: Optional[LoadingSummary] = None
 
     @property
     def metadata(self) -> Any:
@@ -180,7 +184,9 @@ def load_model(
         trust_config: read a YAML config with YAML's full loader (``!!python/...`` tags).
 
     Returns:
-        the loaded model and its preprocessing.
+        the loaded model and its preprocessing. The loading summary of the weights (see
+        :class:`~mvit_det.checkpoint.summary.LoadingSummary`) is printed and kept as
+        ``loading``.
 
     Raises:
         ToolError: unknown or unsafe config, bad override, unreadable, unsafe or unfitting
@@ -203,10 +209,18 @@ def load_model(
     except yaml.YAMLError as e:
         raise ToolError(f"config {config_file} is not valid YAML: {e}") from None
     if weights:
+        checkpointer = BackboneCheckpointer(loaded.model, trust=trust_checkpoint)
+        error = ""
         try:
-            BackboneCheckpointer(loaded.model, trust=trust_checkpoint).load(weights)
+            checkpointer.load(weights)
         except CheckpointError as e:
-            raise ToolError(str(e)) from None
+            error = str(e)
+        # Also when loading stopped at missing backbone keys: the summary shows them.
+        loaded.loading = checkpointer.last_summary
+        if loaded.loading is not None:
+            print(loaded.loading.format(), file=sys.stdout, flush=True)
+        if error:
+            raise ToolError(error)
     loaded.model.eval()
     return loaded
 

@@ -16,11 +16,13 @@ from .presets import MVIT_PRESETS
 
 __all__ = ["adapt_state_dict", "describe_backbone", "timm_to_flat"]
 
-# Classification-only weights, with the reason they are dropped.
+# Classification- and pretraining-only weights, with the reason they are dropped.
 _DROPPED = (
     (re.compile(r"^cls_token$"), "class token (detection uses none)"),
     (re.compile(r"^norm\."), "final norm of the classifier"),
+    (re.compile(r"^fc_norm\."), "final norm of the classifier (global pooling, MAE-style)"),
     (re.compile(r"^head\."), "classifier head"),
+    (re.compile(r"^(decoder_|mask_token$)"), "MAE pretraining decoder"),
 )
 # Per-stage output norms: detection-only, absent from every ImageNet checkpoint.
 _SCALE_NORM = re.compile(r"^scale\d+_norm\.")
