@@ -214,6 +214,14 @@ FAULTS = [
         new="scores = scores",
         tests=[VIL_REFERENCE],
     ),
+    dict(
+        name="tools_summary_shown_twice",
+        what="the tools print the loading summary and the checkpointer logs it as well",
+        file="mvit_det/tools/loading.py",
+        old="loaded.model, trust=trust_checkpoint, log_summary=False",
+        new="loaded.model, trust=trust_checkpoint, log_summary=True",
+        tests=["tests/test_loading_report.py::test_tools_print_the_summary"],
+    ),
     # ------------------------------------------------------------------ backbone families
     dict(
         name="fused_width_not_aligned",

@@ -362,14 +362,21 @@ def test_other_shapes_and_unknown_tensors_are_surprising(tmp_path: Path) -> None
 
 
 def test_tools_print_the_summary(
-    shapes_datasets_root: str, tmp_path: Path, capsys: pytest.CaptureFixture
+    shapes_datasets_root: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    """The tools print the summary once: on stdout, not also through the log (which a tool
+    without logging set up would show again on stderr)."""
     target = load_model(DEMO, opts=TOOL_TINY).model
     path, _ = write_official(tmp_path / "MViTv2_T_in1k.pyth", target)
     capsys.readouterr()
+    caplog.set_level(logging.DEBUG)
     loaded = load_model(DEMO, weights=path, opts=TOOL_TINY)
     out = capsys.readouterr().out
-    assert loaded.loading is not None and loaded.loading.format() in out
+    assert loaded.loading is not None and out.count(loaded.loading.format()) == 1
+    assert not [r for r in caplog.records if loaded.loading.format() in r.getMessage()]
     assert "nothing surprising" in out
     assert loaded.loading.keys(surprising=False, kind="missing") == outside_backbone(target) | {
         PREFIX + k for k in output_norms(target)

@@ -108,6 +108,7 @@ class BackboneCheckpointer(DetectionCheckpointer):
         allow_missing_backbone_keys: bool = False,
         trust: bool = False,
         save_to_disk: Optional[bool] = None,
+        log_summary: bool = True,
         **checkpointables: Any,
     ) -> None:
         """
@@ -119,11 +120,14 @@ class BackboneCheckpointer(DetectionCheckpointer):
             trust: unpickle Python objects of any kind from the files loaded; only for files from
                 a trusted source, since unpickling can run arbitrary code.
             save_to_disk: whether ``save`` writes; defaults to "on the main process".
+            log_summary: log the loading summary (``last_summary``); False for callers that
+                show it themselves, so that it is not shown twice.
             checkpointables: other objects to save and restore (optimizer, scheduler...).
         """
         super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
         self.allow_missing_backbone_keys = allow_missing_backbone_keys
         self.trust = trust
+        self.log_summary = log_summary
         self.last_report: Optional[LoadReport] = None
         self.last_summary: Optional[LoadingSummary] = None
         self._summary: Optional[LoadingSummary] = None  # of the load in progress
@@ -214,7 +218,8 @@ class BackboneCheckpointer(DetectionCheckpointer):
         summary = summarize_loading(self.model.state_dict(), checkpoint["model"], report, prefix)
         self.last_summary = self._summary = summary
         self.logger.info(report.format())
-        (self.logger.warning if summary.surprising else self.logger.info)(summary.format())
+        if self.log_summary:
+            (self.logger.warning if summary.surprising else self.logger.info)(summary.format())
         if report.missing:
             message = (
                 f"{len(report.missing)} backbone tensors are missing from {self._source} and would "

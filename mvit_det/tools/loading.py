@@ -209,7 +209,9 @@ def load_model(
     except yaml.YAMLError as e:
         raise ToolError(f"config {config_file} is not valid YAML: {e}") from None
     if weights:
-        checkpointer = BackboneCheckpointer(loaded.model, trust=trust_checkpoint)
+        checkpointer = BackboneCheckpointer(
+            loaded.model, trust=trust_checkpoint, log_summary=False
+        )  # printed below
         error = ""
         try:
             checkpointer.load(weights)
