@@ -66,6 +66,20 @@ def install() -> None:
 
 install()
 
+# The Python predictor (mvit_det.predictor) is imported on first use: it pulls in the tools'
+# config loading, which plain backbone users do not need.
+_LAZY = {"Predictor": "predictor", "to_coco": "predictor"}
+
+
+def __getattr__(name: str) -> object:
+    """``mvit_det.Predictor`` and ``mvit_det.to_coco``, imported on first use."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "MVIT_PRESETS",
     "MViT",
@@ -95,4 +109,6 @@ __all__ = [
     "get_family",
     "install",
     "register_family",
+    "Predictor",
+    "to_coco",
 ]

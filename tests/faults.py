@@ -7,6 +7,8 @@ narrow: the whole check should stay under 15 minutes on 2 cores.
 
 MVIT_REFERENCE = "tests/test_mvit_reference.py"
 VIL_REFERENCE = "tests/test_vil_reference.py::test_training_outputs_and_gradients_equal_reference"
+PREDICTOR = "tests/test_predictor.py"
+HUB = "tests/test_hub.py"
 
 FAULTS = [
     # ------------------------------------------------------------------ MViTv2 backbone
@@ -667,9 +669,9 @@ FAULTS = [
     dict(
         name="predict_category_ids_of_unloaded_dataset",
         what="predict writes class indexes instead of dataset category ids",
-        file="mvit_det/tools/predict.py",
-        old="        mapping = _dataset_id_to_contiguous_id(loaded)",
-        new='        mapping = loaded.metadata.get("thing_dataset_id_to_contiguous_id")',
+        file="mvit_det/predictor.py",
+        old="            mapping = _dataset_id_to_contiguous_id(self.loaded)",
+        new='            mapping = self.loaded.metadata.get("thing_dataset_id_to_contiguous_id")',
         tests=["tests/test_tools.py::test_predict_category_ids_of_a_coco_json_dataset"],
     ),
     dict(
@@ -713,8 +715,8 @@ FAULTS = [
     dict(
         name="predict_pixel_limit_unchecked",
         what="predict decodes images larger than --max-image-pixels",
-        file="mvit_det/tools/predict.py",
-        old="            _check_pixels(width, height, max_pixels)\n            return",
+        file="mvit_det/predictor.py",
+        old="            check_image_pixels(width, height, max_pixels, limit)\n            return",
         new="            return",
         tests=["tests/test_tools.py::test_predict_skips_bad_inputs_and_keeps_output_names_apart"],
     ),
@@ -918,5 +920,102 @@ FAULTS = [
             "                hooks.PeriodicWriter(writers, period=cfg.train.log_period),\n"
         ),
         tests=["tests/test_plot_metrics.py::test_demo_run_draws_its_curves_and_prints_where"],
+    ),
+    # ------------------------------------------------------------------ Python predictor, hub
+    dict(
+        name="predictor_channel_order_to_model",
+        what="the predictor gives the model BGR images where it takes RGB",
+        file="mvit_det/predictor.py",
+        old='        if self.loaded.input_format == "BGR":\n            image_rgb = image_rgb[:, :, ::-1]',
+        new='        if self.loaded.input_format == "RGB":\n            image_rgb = image_rgb[:, :, ::-1]',
+        tests=[f"{PREDICTOR}::test_predictor_equals_the_model_on_the_image_resized_here"],
+    ),
+    dict(
+        name="predictor_bgr_array_not_swapped",
+        what="numpy images taken as RGB whatever input_format says",
+        file="mvit_det/predictor.py",
+        old='            return image if self.input_format == "RGB" else image[:, :, ::-1]',
+        new="            return image",
+        tests=[f"{PREDICTOR}::test_bgr_numpy_rgb_numpy_pil_and_path_agree"],
+    ),
+    dict(
+        name="predictor_pil_exif_ignored",
+        what="PIL images predicted without their EXIF orientation",
+        file="mvit_det/predictor.py",
+        old='            return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))',
+        new='            return np.asarray(image.convert("RGB"))',
+        tests=[f"{PREDICTOR}::test_bgr_numpy_rgb_numpy_pil_and_path_agree"],
+    ),
+    dict(
+        name="predictor_batch_pads_sizes_together",
+        what="a batch puts images of different sizes into one model call (padded together)",
+        file="mvit_det/predictor.py",
+        old='            groups.setdefault(tuple(model_input["image"].shape), []).append(index)',
+        new="            groups.setdefault((), []).append(index)",
+        tests=[f"{PREDICTOR}::test_batch_equals_single_calls"],
+    ),
+    dict(
+        name="to_coco_keeps_class_indexes",
+        what="to_coco writes class indexes instead of the dataset's category ids",
+        file="mvit_det/predictor.py",
+        old="        if category_ids is not None:\n            record",
+        new="        if False:\n            record",
+        tests=[f"{PREDICTOR}::test_to_coco_maps_class_indexes_to_the_datasets_category_ids"],
+    ),
+    dict(
+        name="predictor_config_object_changed",
+        what="a LazyConfig object given to the predictor is changed by its overrides",
+        file="mvit_det/tools/loading.py",
+        old="_load_lazy(copy.deepcopy(config), IN_MEMORY, device, opts)",
+        new="_load_lazy(config, IN_MEMORY, device, opts)",
+        tests=[f"{PREDICTOR}::test_config_objects_and_yacs_yaml_give_the_same_predictions"],
+    ),
+    dict(
+        name="python_api_ignores_trust_checkpoint",
+        what="Predictor and model_zoo.get never pass trust_checkpoint to the checkpointer",
+        file="mvit_det/model_zoo/__init__.py",
+        old="BackboneCheckpointer(model, trust=trust_checkpoint).load(weights)",
+        new="BackboneCheckpointer(model).load(weights)",
+        tests=[f"{PREDICTOR}::test_bad_configs_and_weights_are_refused"],
+    ),
+    dict(
+        name="hub_names_without_family_prefix",
+        what="the MViT backbones are named mvit_* instead of mvitv2_*",
+        file="mvit_det/modeling/backbones/registry.py",
+        old="        prefix = self.model_prefix or self.name",
+        new="        prefix = self.name",
+        tests=[f"{HUB}::test_hub_offers_every_backbone_preset_and_every_shipped_detector"],
+    ),
+    dict(
+        name="hub_entry_drops_weights",
+        what="the torch.hub entry points build the model but do not pass the weights on",
+        file="hubconf.py",
+        old="            name,\n            weights,\n",
+        new="            name,\n            None,\n",
+        tests=[f"{HUB}::test_tiny_backbones_build_fully_and_load_weights_from_a_file"],
+    ),
+    dict(
+        name="hub_backbone_arguments_ignored",
+        what="model_zoo.get builds the preset without the backbone arguments given",
+        file="mvit_det/model_zoo/__init__.py",
+        old="model = family.backbone(**family.preset(size, **backbone_kwargs))",
+        new="model = family.backbone(**family.preset(size))",
+        tests=[f"{HUB}::test_unknown_names_and_wrong_arguments_are_refused"],
+    ),
+    dict(
+        name="hub_pretrained_digest_dropped",
+        what="pretrained=True loads a recorded URL without its SHA-256 pin",
+        file="mvit_det/modeling/backbones/registry.py",
+        old='        return f"{self.url}#sha256={self.sha256}" if self.sha256 else self.url',
+        new="        return self.url",
+        tests=[f"{HUB}::test_pretrained_weights_download_pinned_or_not"],
+    ),
+    dict(
+        name="vil_meta_build_fails",
+        what="ViL's drop-path rates read from a tensor on the building device (fails on meta)",
+        file="mvit_det/modeling/backbones/vil/model.py",
+        old='torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()',
+        new="torch.linspace(0, drop_path_rate, sum(depths)).tolist()",
+        tests=[f"{HUB}::test_every_backbone_entry_builds_its_preset"],
     ),
 ]

@@ -3,8 +3,9 @@ comparison."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Dict, Tuple
+from typing import Any, Dict, Tuple
 
 import torch
 import torch.nn as nn
@@ -27,6 +28,34 @@ TINY_VIL = dict(
     num_global_tokens=(1, 2, 1, 0),
     window=3,
 )
+
+
+def register_renumbered_shapes_val(name: str, folder: Path) -> Tuple[Path, Dict[str, Any]]:
+    """
+    The annotations of ``shapes_val`` with the category ids 1, 2, 3 renumbered 11, 2, 7 (neither
+    0..K-1 nor in increasing order in the file), written to ``folder/renumbered.json`` and
+    registered as the COCO dataset ``name`` over the same images; not loaded.
+
+    Returns:
+        the JSON file and its data.
+    """
+    from detectron2.data import MetadataCatalog
+
+    from mvit_det.data import register_coco_dataset
+
+    val = MetadataCatalog.get("shapes_val")
+    with open(val.json_file) as f:
+        data = json.load(f)
+    new_ids = {1: 11, 2: 2, 3: 7}
+    for category in data["categories"]:
+        category["id"] = new_ids[category["id"]]
+    data["categories"].sort(key=lambda c: -c["id"])
+    for annotation in data["annotations"]:
+        annotation["category_id"] = new_ids[annotation["category_id"]]
+    json_file = folder / "renumbered.json"
+    json_file.write_text(json.dumps(data))
+    register_coco_dataset(name, str(json_file), val.image_root)
+    return json_file, data
 
 
 class Detector(nn.Module):

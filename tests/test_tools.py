@@ -26,7 +26,7 @@ from mvit_det.model_zoo import get_config
 from mvit_det.tools import analyze, convert_checkpoint, evaluate, export, predict
 from mvit_det.tools.loading import load_model
 
-from helpers import REPO
+from helpers import REPO, register_renumbered_shapes_val
 
 DEMO = os.path.join(REPO, "configs", "demo", "mask_rcnn_mvitv2_shapes.py")
 DEMO_YAML = os.path.join(REPO, "configs", "yacs", "demo", "mask_rcnn_mvitv2_shapes.yaml")
@@ -189,18 +189,8 @@ def test_predict_images_folder_glob_and_video(trained_weights, shapes_datasets_r
 def test_predict_category_ids_of_a_coco_json_dataset(trained_weights, tmp_path):
     # A COCO JSON whose category ids are neither 0..K-1 nor in increasing order in the file,
     # registered as the config's test dataset and not loaded before the tool runs.
+    json_file, data = register_renumbered_shapes_val("predict_renumbered_val", tmp_path)
     val = MetadataCatalog.get("shapes_val")
-    with open(val.json_file) as f:
-        data = json.load(f)
-    new_ids = {1: 11, 2: 2, 3: 7}
-    for category in data["categories"]:
-        category["id"] = new_ids[category["id"]]
-    data["categories"].sort(key=lambda c: -c["id"])
-    for annotation in data["annotations"]:
-        annotation["category_id"] = new_ids[annotation["category_id"]]
-    json_file = tmp_path / "renumbered.json"
-    json_file.write_text(json.dumps(data))
-    register_coco_dataset("predict_renumbered_val", str(json_file), val.image_root)
     image = os.path.join(val.image_root, data["images"][0]["file_name"])
     opts = TINY + ["dataloader.test.dataset.names=predict_renumbered_val"]
     out = tmp_path / "out"

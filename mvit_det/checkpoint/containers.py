@@ -270,8 +270,9 @@ def unsafe_error(path: str, names: List[str]) -> UnsafeCheckpointError:
         f"{path!r} was not loaded: besides weights it pickles Python objects "
         f"({names_of(names)}), and unpickling them can run arbitrary code. If you trust where "
         "the file comes from, allow full unpickling with --trust-checkpoint (command-line "
-        "tools) or trust=True (read_checkpoint, MViTCheckpointer); otherwise get the weights as "
-        "plain tensors, e.g. a .safetensors file"
+        "tools), trust_checkpoint=True (Predictor, model_zoo.get) or trust=True "
+        "(read_checkpoint, MViTCheckpointer); otherwise get the weights as plain tensors, e.g. "
+        "a .safetensors file"
     )
 
 

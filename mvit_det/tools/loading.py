@@ -1,5 +1,5 @@
 """A detector from a LazyConfig (``.py`` or ``.yaml``) or a yacs config (``.yaml``) plus weights,
-for the tools.
+for the tools and :class:`mvit_det.Predictor`.
 
 All kinds give the model, its test-time resize and image format, and the metadata (class names,
 COCO category ids) of its test dataset, so that predict, evaluate, export and analyze treat them
@@ -10,9 +10,12 @@ alike. Weights and YAML configs are read without running code from them unless t
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
+import os
 import sys
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, ContextManager, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -21,6 +24,8 @@ from detectron2.config import get_cfg, instantiate
 from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.modeling import build_model
+from omegaconf import DictConfig, OmegaConf
+from yacs.config import CfgNode
 
 from ..checkpoint import BackboneCheckpointer, CheckpointError, LoadingSummary
 from ..config.safe_yaml import (
@@ -37,11 +42,14 @@ from ..model_zoo import resolve_config_file
 
 __all__ = [
     "DEFAULT_IMAGE_SIZE",
+    "ConfigSource",
     "LoadedModel",
     "ToolError",
     "add_image_size_argument",
     "add_model_arguments",
     "add_trust_checkpoint_argument",
+    "build_detector",
+    "building_on",
     "check_device",
     "load_model",
     "parse_hw",
@@ -58,10 +66,16 @@ TRUST_CHECKPOINT_HELP = (
 # (480x640), which the config's test resize then scales, as Detectron2's analyze_model.py feeds
 # dataset images through the test mapper.
 DEFAULT_IMAGE_SIZE = (480, 640)
+# What names a detector: a config file (path or shipped name), a loaded LazyConfig or a yacs node.
+ConfigSource = Union[str, "os.PathLike[str]", DictConfig, CfgNode]
+# LoadedModel.config_file of a model built from a config object.
+IN_MEMORY = "<config object>"
 
 
 class ToolError(RuntimeError):
-    """A problem with a tool's arguments or files that the user must fix (exit status 2)."""
+    """A problem with a tool's arguments or files that the user must fix (exit status 2); in
+    Python (:class:`mvit_det.Predictor`, ``mvit_det.model_zoo.get``), a config that cannot be
+    built."""
 
 
 @dataclass
@@ -72,7 +86,7 @@ class LoadedModel:
         augmentations: the test-time resize of the config.
         input_format: channel order the model expects ("RGB" or "BGR").
         dataset: the config's test dataset (for metadata and evaluation).
-        config_file: the resolved config path.
+        config_file: the resolved config path (``"<config object>"`` for a config object).
         loading: what loading the weights did with each tensor, expected and surprising
             (None without weights, or for a model without a backbone of a registered family).
     """
@@ -162,8 +176,67 @@ def check_device(device: str) -> None:
         raise ToolError(f"--device {device} was asked for but CUDA is not available; use cpu")
 
 
+def build_detector(
+    config: ConfigSource,
+    device: str = "cpu",
+    opts: Sequence[str] = (),
+    *,
+    trust_config: bool = False,
+) -> LoadedModel:
+    """
+    Builds the detector of a config, with its initial weights, in eval mode.
+
+    Args:
+        config: a LazyConfig (``.py`` path or shipped name, or a LazyConfig ``.yaml`` such as the
+            ``config.yaml`` of a training run), a yacs ``.yaml``, or a config object: a loaded
+            LazyConfig (``DictConfig``) or a yacs ``CfgNode``, which is copied, not changed.
+        device: "cpu", "cuda", "cuda:1", ...; "meta" builds the model without allocating or
+            initialising its weights (shapes and parameter counts only).
+        opts: overrides, ``key=value`` (LazyConfig) or ``KEY VALUE`` pairs (yacs).
+        trust_config: read a YAML config with YAML's full loader (``!!python/...`` tags).
+
+    Returns:
+        the model and its preprocessing.
+
+    Raises:
+        ToolError: unknown or unsafe config, a config without a test dataset and resize, bad
+            override, no CUDA.
+    """
+    check_device(device)
+    if isinstance(config, DictConfig):
+        return _eval(_load_lazy(copy.deepcopy(config), IN_MEMORY, device, opts))
+    if isinstance(config, CfgNode):
+        return _eval(_load_yacs_cfg(config.clone(), IN_MEMORY, device, opts))
+    if not isinstance(config, (str, os.PathLike)):
+        raise ToolError(
+            f"config must be a path or shipped config name, a LazyConfig (DictConfig) or a yacs "
+            f"CfgNode, not {type(config).__name__}"
+        )
+    try:
+        config_file = resolve_config_file(os.fspath(config))
+    except FileNotFoundError as e:
+        raise ToolError(str(e)) from None
+    try:
+        if is_yaml(config_file) and yaml_config_kind(config_file) == "yacs":
+            loaded = _load_yacs(config_file, device, opts, trust_config)
+        else:
+            loaded = _load_lazy(
+                load_lazy_config(config_file, trust_config), config_file, device, opts
+            )
+    except UnsafeConfigError as e:
+        raise ToolError(str(e)) from None
+    except yaml.YAMLError as e:
+        raise ToolError(f"config {config_file} is not valid YAML: {e}") from None
+    return _eval(loaded)
+
+
+def _eval(loaded: LoadedModel) -> LoadedModel:
+    loaded.model.eval()
+    return loaded
+
+
 def load_model(
-    config: str,
+    config: ConfigSource,
     weights: str = "",
     device: str = "cpu",
     opts: Sequence[str] = (),
@@ -175,8 +248,7 @@ def load_model(
     Builds the detector of a config and loads its weights.
 
     Args:
-        config: a LazyConfig (``.py`` path or shipped name, or a LazyConfig ``.yaml`` such as the
-            ``config.yaml`` of a training run) or a yacs ``.yaml``.
+        config: see :func:`build_detector`.
         weights: checkpoint path or URL; "" keeps the initialisation (analysis only).
         device: "cpu", "cuda", "cuda:1", ...
         opts: overrides, ``key=value`` (LazyConfig) or ``KEY VALUE`` pairs (yacs).
@@ -192,22 +264,7 @@ def load_model(
         ToolError: unknown or unsafe config, bad override, unreadable, unsafe or unfitting
             weights, no CUDA.
     """
-    check_device(device)
-    try:
-        config_file = resolve_config_file(config)
-    except FileNotFoundError as e:
-        raise ToolError(str(e)) from None
-    try:
-        if is_yaml(config_file) and yaml_config_kind(config_file) == "yacs":
-            loaded = _load_yacs(config_file, device, opts, trust_config)
-        else:
-            loaded = _load_lazy(
-                load_lazy_config(config_file, trust_config), config_file, device, opts
-            )
-    except UnsafeConfigError as e:
-        raise ToolError(str(e)) from None
-    except yaml.YAMLError as e:
-        raise ToolError(f"config {config_file} is not valid YAML: {e}") from None
+    loaded = build_detector(config, device, opts, trust_config=trust_config)
     if weights:
         checkpointer = BackboneCheckpointer(
             loaded.model, trust=trust_checkpoint, log_summary=False
@@ -223,8 +280,13 @@ def load_model(
             print(loaded.loading.format(), file=sys.stdout, flush=True)
         if error:
             raise ToolError(error)
-    loaded.model.eval()
     return loaded
+
+
+def building_on(device: str) -> ContextManager[Any]:
+    """Where modules are created: the meta device for "meta" (no memory, no initialisation),
+    otherwise the CPU, as before (the model is moved to its device once built)."""
+    return torch.device("meta") if device == "meta" else contextlib.nullcontext()
 
 
 def _load_lazy(cfg: Any, config_file: str, device: str, opts: Sequence[str]) -> LoadedModel:
@@ -232,9 +294,18 @@ def _load_lazy(cfg: Any, config_file: str, device: str, opts: Sequence[str]) -> 
         apply_overrides_checked(cfg, opts)
     except ConfigOverrideError as e:
         raise ToolError(str(e)) from None
+    for key in ("model", "dataloader.test.mapper", "dataloader.test.dataset.names"):
+        if OmegaConf.select(cfg, key, default=None) is None:
+            raise ToolError(
+                f"the LazyConfig {config_file} has no {key}: a detector config needs the model "
+                "and its test data (dataloader.test: the test resize, image format and dataset), "
+                "as the shipped configs have"
+            )
     test = cfg.dataloader.test
+    with building_on(device):
+        model = instantiate(cfg.model)
     return LoadedModel(
-        model=instantiate(cfg.model).to(device),
+        model=model.to(device),
         augmentations=[instantiate(a) for a in test.mapper.augmentations],
         input_format=test.mapper.image_format,
         dataset=dataset_names(test.dataset.names)[0],
@@ -246,15 +317,24 @@ def _load_yacs(config_file: str, device: str, opts: Sequence[str], trust: bool) 
     cfg = get_cfg()  # has MODEL.MVIT / MODEL.VIL: importing mvit_det adds them to the defaults
     try:
         merge_yacs_file(cfg, config_file, trust)
-        cfg.merge_from_list(list(opts))
     except UnsafeConfigError:
         raise  # its own message (load_model turns it into a ToolError)
     except (KeyError, ValueError, AssertionError) as e:
         raise ToolError(f"yacs config {config_file} with overrides {list(opts)}: {e}") from None
+    return _load_yacs_cfg(cfg, config_file, device, opts)
+
+
+def _load_yacs_cfg(cfg: CfgNode, config_file: str, device: str, opts: Sequence[str]) -> LoadedModel:
+    try:
+        cfg.merge_from_list(list(opts))
+    except (KeyError, ValueError, AssertionError) as e:
+        raise ToolError(f"yacs config {config_file} with overrides {list(opts)}: {e}") from None
     cfg.MODEL.DEVICE = device
     resize = T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
+    with building_on(device):
+        model = build_model(cfg)
     return LoadedModel(
-        model=build_model(cfg),
+        model=model,
         augmentations=[resize],
         input_format=cfg.INPUT.FORMAT,
         dataset=cfg.DATASETS.TEST[0],

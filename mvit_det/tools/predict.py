@@ -26,7 +26,6 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import glob
 import json
 import os
@@ -36,16 +35,19 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
-import torch
-from detectron2.data import DatasetCatalog, detection_utils
-from detectron2.evaluation.coco_evaluation import instances_to_coco_json
 from detectron2.structures import Instances
 from detectron2.utils.visualizer import Visualizer
-from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
+from ..predictor import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    Predictor,
+    UnreadableImageError,
+    check_image_pixels,
+    read_image,
+)
 from ..utils.file_io import atomic_write
-from .loading import LoadedModel, ToolError, add_model_arguments, load_model
+from .loading import ToolError, add_model_arguments, load_model
 
 __all__ = [
     "DEFAULT_MAX_IMAGE_PIXELS",
@@ -59,13 +61,12 @@ __all__ = [
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
-# The largest image (or video frame) read, in pixels: Pillow's decompression-bomb warning level,
-# a 256 MiB RGB image (e.g. 9000x9900). A 12000x12000 image is refused.
-DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
 EXIT_SKIPPED = 1
+# The pixel limit as skip messages name it.
+LIMIT = "--max-image-pixels"
 
 
-class InputSkipped(Exception):
+class InputSkipped(UnreadableImageError):
     """One input cannot be predicted; the run reports it and goes on with the others."""
 
 
@@ -121,58 +122,8 @@ def collect_inputs(items: Sequence[str]) -> List[Source]:
     return sources
 
 
-@contextlib.contextmanager
-def _pillow_pixel_check_off() -> Iterator[None]:
-    """Pillow's own decompression-bomb check off (:func:`read_image` checks the size first)."""
-    previous = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = None
-    try:
-        yield
-    finally:
-        Image.MAX_IMAGE_PIXELS = previous
-
-
-def _check_pixels(width: int, height: int, max_pixels: int) -> None:
-    """Raises InputSkipped for more than ``max_pixels`` pixels (0: no limit)."""
-    if max_pixels and width * height > max_pixels:
-        raise InputSkipped(
-            f"{width}x{height} is {width * height} pixels, more than --max-image-pixels "
-            f"{max_pixels}; not decoded (raise the limit, or 0 for none, to predict it)"
-        )
-
-
-def read_image(path: str, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
-    """
-    Reads an image as Detectron2 does (EXIF orientation applied), after checking its size.
-
-    Args:
-        path: the image file.
-        max_pixels: the largest width x height decoded; 0 for no limit.
-
-    Returns:
-        (H, W, 3) uint8 RGB.
-
-    Raises:
-        InputSkipped: more pixels than ``max_pixels`` (read from the header, before any
-            decoding), or not a readable image (unknown or damaged data, a link loop, ...).
-    """
-    try:
-        with _pillow_pixel_check_off():
-            with open(path, "rb") as f:
-                width, height = Image.open(f).size  # the header only: nothing is decoded
-            _check_pixels(width, height, max_pixels)
-            return detection_utils.read_image(path, format="RGB")
-    except InputSkipped:
-        raise
-    except UnidentifiedImageError:
-        raise InputSkipped("not a readable image: not a format Pillow reads, or damaged") from None
-    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as e:
-        why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-        raise InputSkipped(f"not a readable image: {why}") from None
-
-
 def _open_video(path: str, max_pixels: int) -> Tuple[cv2.VideoCapture, float, int]:
-    """An opened video, its frame rate and frame count; raises InputSkipped."""
+    """An opened video, its frame rate and frame count; raises UnreadableImageError."""
     if not os.path.isfile(path):
         raise InputSkipped(_unreadable(path))
     capture = cv2.VideoCapture(path)
@@ -181,8 +132,8 @@ def _open_video(path: str, max_pixels: int) -> Tuple[cv2.VideoCapture, float, in
     width = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH))
     height = int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
     try:
-        _check_pixels(width, height, max_pixels)
-    except InputSkipped:
+        check_image_pixels(width, height, max_pixels, LIMIT)
+    except UnreadableImageError:
         capture.release()
         raise
     fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
@@ -219,92 +170,10 @@ def _batched(items: Iterator[Any], size: int) -> Iterator[List[Any]]:
         yield batch
 
 
-def _dataset_id_to_contiguous_id(loaded: LoadedModel) -> Optional[Dict[int, int]]:
-    """
-    The test dataset's category id -> contiguous class index, as in training.
-
-    Detectron2's builtin COCO metadata has it from the start; a dataset read from a COCO JSON
-    (registered with ``register_coco_instances``, or the shapes dataset) gets it, and its class
-    names, only when it is loaded (sorted category ids -> 0, 1, ...): such a dataset is loaded
-    here for them.
-
-    Args:
-        loaded: the model and the name of its test dataset.
-
-    Returns:
-        the mapping, or None for a dataset without category ids (records keep the class index).
-
-    Raises:
-        ToolError: the dataset's annotations cannot be read.
-    """
-    metadata = loaded.metadata
-    mapping = metadata.get("thing_dataset_id_to_contiguous_id", None)
-    if (
-        mapping is None
-        and metadata.get("json_file", None)
-        and loaded.dataset in DatasetCatalog.list()
-    ):
-        try:
-            DatasetCatalog.get(loaded.dataset)
-        except OSError as e:
-            raise ToolError(
-                f"the category ids and class names of {loaded.dataset!r}, the config's test "
-                f"dataset, come from its annotations, which cannot be read: {e}"
-            ) from None
-        mapping = metadata.get("thing_dataset_id_to_contiguous_id", None)
-    return mapping
-
-
-class Predictor:
-    """Batched inference, visualisation and COCO-format records for one loaded model."""
-
-    def __init__(self, loaded: LoadedModel, score_threshold: float) -> None:
-        """
-        Args:
-            loaded: the model and its preprocessing.
-            score_threshold: instances scoring below it are dropped.
-        """
-        self.loaded = loaded
-        self.score_threshold = score_threshold
-        mapping = _dataset_id_to_contiguous_id(loaded)
-        # contiguous class index -> the dataset's category id (COCO ids), or the index itself
-        self.category_ids = {v: k for k, v in mapping.items()} if mapping else None
-
-    @torch.no_grad()
-    def __call__(self, images_rgb: List[np.ndarray]) -> List[Instances]:
-        """
-        Args:
-            images_rgb: (H, W, 3) uint8 RGB images.
-
-        Returns:
-            per image, the instances with score >= the threshold, on the CPU.
-        """
-        to_model = (lambda im: im) if self.loaded.input_format == "RGB" else self._swap
-        inputs = [self.loaded.model_input(to_model(image)) for image in images_rgb]
-        outputs = self.loaded.model(inputs)
-        results = []
-        for out in outputs:
-            instances = out["instances"].to("cpu")
-            results.append(instances[instances.scores >= self.score_threshold])
-        return results
-
-    @staticmethod
-    def _swap(image: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(image[:, :, ::-1])  # RGB <-> BGR
-
-    def draw(self, image_rgb: np.ndarray, instances: Instances) -> np.ndarray:
-        """The image with the instances drawn, (H, W, 3) RGB."""
-        visualizer = Visualizer(image_rgb, self.loaded.metadata)
-        return visualizer.draw_instance_predictions(instances).get_image()
-
-    def records(self, instances: Instances, image_id: int, **extra: Any) -> List[Dict[str, Any]]:
-        """COCO result records of one image's instances, with ``extra`` fields added."""
-        records = instances_to_coco_json(instances, image_id)
-        for record in records:
-            if self.category_ids is not None:
-                record["category_id"] = self.category_ids[record["category_id"]]
-            record.update(extra)
-        return records
+def draw(predictor: Predictor, image_rgb: np.ndarray, instances: Instances) -> np.ndarray:
+    """The image with the instances drawn by Detectron2's Visualizer, (H, W, 3) RGB."""
+    visualizer = Visualizer(image_rgb, predictor.metadata)
+    return visualizer.draw_instance_predictions(instances).get_image()
 
 
 def _write_png(path: str, image_rgb: np.ndarray) -> None:
@@ -358,7 +227,7 @@ def predict(
     and left out; the others are predicted.
 
     Args:
-        predictor: the model wrapper.
+        predictor: the model, taking RGB images (``input_format="RGB"``).
         sources: from :func:`collect_inputs`.
         output_dir: folder for the PNGs and videos (created).
         batch_size: images (or frames) per model call.
@@ -388,7 +257,7 @@ def predict(
         if source.is_video:
             try:
                 videos[source.path] = _open_video(source.path, max_image_pixels)
-            except InputSkipped as e:
+            except UnreadableImageError as e:
                 skip(source.path, str(e))
                 continue
             total += max(videos[source.path][2], 0)
@@ -403,24 +272,24 @@ def predict(
         if visualize:
             entry["output"] = outputs[file_name]
         images.append(entry)
-        annotations.extend(predictor.records(instances, image_id, file_name=file_name, **extra))
+        annotations.extend(predictor.to_coco(instances, image_id, file_name=file_name, **extra))
 
     def readable_images() -> Iterator[Tuple[str, np.ndarray]]:
         for source in sources:
             if source.is_video:
                 continue
             try:
-                yield source.path, read_image(source.path, max_image_pixels)
-            except InputSkipped as e:
+                yield source.path, read_image(source.path, max_image_pixels, LIMIT)
+            except UnreadableImageError as e:
                 skip(source.path, str(e))
                 progress.update(1)
 
     for batch in _batched(readable_images(), batch_size):
         pictures = [picture for _, picture in batch]
-        for (path, picture), instances in zip(batch, predictor(pictures)):
+        for (path, picture), instances in zip(batch, predictor.batch(pictures)):
             record(picture, instances, path)
             if visualize:
-                drawn = predictor.draw(picture, instances)
+                drawn = draw(predictor, picture, instances)
                 _write_png(os.path.join(output_dir, outputs[path]), drawn)
             progress.update(1)
 
@@ -431,7 +300,7 @@ def predict(
         frame_index = 0
         try:
             for batch in _batched(_frames(capture), batch_size):
-                for frame, instances in zip(batch, predictor(batch)):
+                for frame, instances in zip(batch, predictor.batch(batch)):
                     record(frame, instances, path, frame=frame_index)
                     frame_index += 1
                     if visualize:
@@ -439,7 +308,7 @@ def predict(
                             h, w = frame.shape[:2]
                             fourcc = cv2.VideoWriter_fourcc(*"mp4v")
                             writer = cv2.VideoWriter(partial, fourcc, fps, (w, h))
-                        drawn = predictor.draw(frame, instances)
+                        drawn = draw(predictor, frame, instances)
                         writer.write(cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
                     progress.update(1)
         finally:
@@ -507,7 +376,11 @@ def main(argv: Optional[List[str]] = None) -> int:
             trust_checkpoint=args.trust_checkpoint,
             trust_config=args.trust_config,
         )
-        predictor = Predictor(loaded, args.score_threshold)
+        # The frames and images are read here, in RGB.
+        predictor = Predictor.from_loaded(
+            loaded, input_format="RGB", score_threshold=args.score_threshold
+        )
+        _ = predictor.category_ids  # the dataset's ids, read now: a ToolError before any work
         results = predict(
             predictor,
             sources,

@@ -8,6 +8,7 @@ Importing this package registers the families shipped with mvit_det: :mod:`.mvit
 from .registry import (
     AttentionCores,
     BackboneFamily,
+    PretrainedWeights,
     WeightOption,
     backbone_classes,
     families,
@@ -30,6 +31,7 @@ __all__ = [
     "AttentionCores",
     "BackboneFamily",
     "MViT",
+    "PretrainedWeights",
     "ViL",
     "WeightOption",
     "backbone_classes",

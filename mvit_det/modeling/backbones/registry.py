@@ -9,7 +9,7 @@ here instead of naming it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Type
 
 import torch.nn as nn
@@ -17,6 +17,7 @@ import torch.nn as nn
 __all__ = [
     "AttentionCores",
     "BackboneFamily",
+    "PretrainedWeights",
     "WeightOption",
     "backbone_classes",
     "families",
@@ -91,6 +92,30 @@ class WeightOption:
 
 
 @dataclass(frozen=True)
+class PretrainedWeights:
+    """
+    Published weights of one backbone size, which ``mvit_det.model_zoo.get(..., pretrained=True)``
+    (and the torch.hub entry points) load.
+
+    Attributes:
+        url: where the file is published (``detectron2://...``, ``https://...``).
+        description: what the weights are, e.g. ``"ImageNet-1K classification"``.
+        sha256: the file's SHA-256 (64 hex digits), checked after the download; "" where none is
+            known (the file is then checked as a checkpoint only, and loading it logs that it is
+            not pinned).
+    """
+
+    url: str
+    description: str
+    sha256: str = ""
+
+    def pinned_url(self) -> str:
+        """The URL with a ``#sha256=<hex>`` suffix when a digest is known (the suffix the
+        checkpoint readers check), else the URL."""
+        return f"{self.url}#sha256={self.sha256}" if self.sha256 else self.url
+
+
+@dataclass(frozen=True)
 class BackboneFamily:
     """
     What the rest of mvit_det knows about a family of backbones.
@@ -127,6 +152,10 @@ class BackboneFamily:
         attention_bytes: ``attention_bytes(backbone, core, image_hw, batch, element_size)`` ->
             bytes of the largest tensor that ``core`` builds at that input (0 when it builds
             none of the input's scale), for cores that would not fit into memory; or None.
+        model_prefix: the backbones' names in ``mvit_det.model_zoo`` and torch.hub are
+            ``<model_prefix>_<size>`` (lower case) for every preset; "" for the family's name.
+        pretrained: preset name -> the published weights of that size (sizes without published
+            weights are left out).
     """
 
     name: str
@@ -146,6 +175,14 @@ class BackboneFamily:
     scriptable: bool = False
     reference: str = ""
     attention_bytes: Optional[Callable[..., int]] = None
+    model_prefix: str = ""
+    pretrained: Mapping[str, PretrainedWeights] = field(default_factory=dict)
+
+    def model_names(self) -> Dict[str, str]:
+        """The backbones' model names (``mvitv2_t``, ``vil_s``, ...) -> preset names, one per
+        preset."""
+        prefix = self.model_prefix or self.name
+        return {f"{prefix}_{size.lower()}": size for size in self.presets}
 
     def accepts_size(self, size: str) -> bool:
         """Whether ``size`` is one of :attr:`size_names` (case-insensitive)."""

@@ -13,13 +13,14 @@ from .cores import ATTN_IMPLS, MVIT_CORES, resolve_attn_impl
 from .layer_decay import MViTLayers
 from .model import BlockSpec, MViT, MultiScaleBlock, mvit_block_layout
 from .presets import MVIT_PRESETS, mvit_preset
-from .weights import adapt_state_dict, describe_backbone, timm_to_flat
+from .weights import MVIT_PRETRAINED, adapt_state_dict, describe_backbone, timm_to_flat
 
 __all__ = [
     "ATTN_IMPLS",
     "FAMILY",
     "MVIT_CORES",
     "MVIT_PRESETS",
+    "MVIT_PRETRAINED",
     "BlockSpec",
     "MViT",
     "MViTLayers",
@@ -51,5 +52,7 @@ FAMILY = register_family(
         layer_rule=MViTLayers,
         scriptable=True,
         reference="detectron2.modeling.backbone.mvit:MViT",
+        model_prefix="mvitv2",
+        pretrained=MVIT_PRETRAINED,
     )
 )

@@ -11,10 +11,26 @@ import torch
 
 from ....checkpoint.errors import ArchitectureMismatchError
 from ....checkpoint.mapping import MAX_SHOWN, LoadReport, Shape, split_backbone
+from ..registry import PretrainedWeights
 from .geometry import resize_abs_pos, resize_rel_pos
 from .presets import MVIT_PRESETS
 
-__all__ = ["adapt_state_dict", "describe_backbone", "timm_to_flat"]
+__all__ = ["MVIT_PRETRAINED", "adapt_state_dict", "describe_backbone", "timm_to_flat"]
+
+# The official ImageNet weights of each size that the detection configs start from
+# (``train.init_checkpoint`` of configs/mask_rcnn_mvitv2_{t,s,b,l,h}.py; checked by
+# tests/test_hub.py). No SHA-256 of these files is recorded here: they load unpinned.
+_IMAGENET = "detectron2://ImageNetPretrained/mvitv2/MViTv2_{}.pyth"
+MVIT_PRETRAINED: Dict[str, PretrainedWeights] = {
+    size: PretrainedWeights(_IMAGENET.format(name), f"official {data} classification")
+    for size, name, data in (
+        ("T", "T_in1k", "ImageNet-1K"),
+        ("S", "S_in1k", "ImageNet-1K"),
+        ("B", "B_in1k", "ImageNet-1K"),
+        ("L", "L_in21k", "ImageNet-21K"),
+        ("H", "H_in21k", "ImageNet-21K"),
+    )
+}
 
 # Classification- and pretraining-only weights, with the reason they are dropped.
 _DROPPED = (

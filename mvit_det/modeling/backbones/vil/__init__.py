@@ -16,7 +16,13 @@ from .checks import WINDOW_MODES, check_vil_args
 from .cores import VIL_ATTN_IMPLS, VIL_CORES, resolve_vil_attn_impl
 from .model import ViL, ViLAttentionBlock, ViLMlpBlock, ViLPatchEmbed
 from .presets import VIL_PRESETS, vil_preset
-from .weights import BIAS_TABLE_CONVERSIONS, adapt_vil_state_dict, convert_bias_table, describe_vil
+from .weights import (
+    BIAS_TABLE_CONVERSIONS,
+    VIL_PRETRAINED,
+    adapt_vil_state_dict,
+    convert_bias_table,
+    describe_vil,
+)
 
 __all__ = [
     "BIAS_TABLE_CONVERSIONS",
@@ -24,6 +30,7 @@ __all__ = [
     "VIL_ATTN_IMPLS",
     "VIL_CORES",
     "VIL_PRESETS",
+    "VIL_PRETRAINED",
     "WINDOW_MODES",
     "LongformerAttention",
     "ViL",
@@ -94,5 +101,6 @@ FAMILY = register_family(
             ),
         ),
         attention_bytes=attention_bytes,
+        pretrained=VIL_PRETRAINED,
     )
 )

@@ -229,7 +229,8 @@ class ViL(Backbone):
         self.depths = tuple(depths)
         self.num_global_tokens = tuple(num_global_tokens)
         self.use_act_checkpoint = use_act_checkpoint
-        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        # plain numbers, also when modules are built on the meta device
+        rates = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
         self._out_feature_channels: Dict[str, int] = {}
         self._out_feature_strides: Dict[str, int] = {}
         stride, dim_in, first = 1, in_chans, 0

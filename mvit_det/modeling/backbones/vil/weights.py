@@ -25,11 +25,13 @@ import torch.nn.functional as F
 
 from ....checkpoint.errors import ArchitectureMismatchError
 from ....checkpoint.mapping import MAX_SHOWN, LoadReport, Shape, split_backbone
+from ..registry import PretrainedWeights
 from .geometry import relative_bias_index
 from .presets import VIL_PRESETS
 
 __all__ = [
     "BIAS_TABLE_CONVERSIONS",
+    "VIL_PRETRAINED",
     "adapt_vil_state_dict",
     "convert_bias_table",
     "describe_vil",
@@ -38,6 +40,25 @@ __all__ = [
 ]
 
 BIAS_TABLE_CONVERSIONS = ("centre", "bilinear")
+
+# The published ImageNet classification weights of the sizes used for detection
+# (``train.init_checkpoint`` of projects/ViL/configs/COCO/*_vil_{t,s,m,b}_*.py; checked by
+# tests/test_hub.py). MW and BW have none recorded. No SHA-256 of these files is recorded here:
+# they load unpinned.
+_MSVIT = "https://penzhanwu2.blob.core.windows.net/imagenet/msvit/"
+VIL_PRETRAINED: Dict[str, PretrainedWeights] = {
+    size: PretrainedWeights(_MSVIT + path, f"published {data} classification")
+    for size, path, data in (
+        (
+            "T",
+            "visionlongformer/longtiny1191_ape0_exact0_nglo1_mode1_swith075/model_best.pth",
+            "ImageNet-1K",
+        ),
+        ("S", "visionlongformer/small1281_relative/model_best.pth", "ImageNet-1K"),
+        ("M", "IN22kpretrained/deepmedium_relative/model_best.pth", "ImageNet-21K"),
+        ("B", "IN22kpretrained/deepbase_relative/model_best.pth", "ImageNet-21K"),
+    )
+}
 
 _ATTN = re.compile(r"^(layer(\d)\.(\d+)\.attn)\.(.+)$")
 _STEM = "layer1.0.proj.weight"
