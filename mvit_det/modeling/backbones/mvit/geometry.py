@@ -129,7 +129,7 @@ def resize_rel_pos(table: torch.Tensor, length: int) -> torch.Tensor:
     dtype = torch.promote_types(table.dtype, torch.float32)
     # (L, C) -> (1, C, L) -> (1, C, length) -> (length, C)
     resized = F.interpolate(table.to(dtype).t().unsqueeze(0), size=length, mode="linear")
-    return resized.squeeze(0).t().to(table.dtype)
+    return resized[0].t().to(table.dtype)  # [0], not squeeze(0): no ONNX If at dynamic sizes
 
 
 def relative_position_table(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Tensor:
