@@ -474,3 +474,28 @@ def test_tool_names_why_dynamo_cannot_export_the_detector(tmp_path, capsys):
 def test_default_check_sizes():
     assert export.default_check_sizes((96, 128)) == [(128, 96), (120, 120)]
     assert export.default_check_sizes((64, 64)) == [(64, 48), (72, 72)]
+
+
+def test_tool_gives_the_dynamo_exporter_a_batch_of_two(tmp_path, monkeypatch):
+    """torch.export fixes a dynamic size of 1: the tool's dynamo export with --dynamic-size
+    gets a batch of two different images (the export itself is tested above; here it is
+    replaced by a recorder)."""
+    seen = {}
+
+    def record(module, example, path, exporter, opset, names, dynamic):
+        seen.update(shape=list(example.shape), exporter=exporter, dynamic=dynamic)
+        seen["halves_differ"] = not torch.equal(example[0], example[1])
+        raise export.ToolError("recorded")
+
+    monkeypatch.setattr(export, "export_onnx", record)
+    loaded = load_model(MVIT_DEMO, "", "cpu", MVIT_OPTS)
+    with pytest.raises(export.ToolError, match="recorded"):
+        export.export(
+            loaded, "onnx", "backbone", (96, 128), str(tmp_path), "dynamo", 18, False, True
+        )
+    assert seen["shape"] == [2, 3, 96, 128] and seen["halves_differ"]
+    assert seen["exporter"] == "dynamo" and seen["dynamic"]["images"] == {
+        0: "batch",
+        2: "height",
+        3: "width",
+    }
