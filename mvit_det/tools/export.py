@@ -67,9 +67,9 @@ __all__ = [
     "detector_adapter",
     "dynamic_axes",
     "export_onnx",
-    "onnx_operators",
     "export_torchscript",
     "main",
+    "onnx_operators",
     "output_names",
     "run_onnx",
 ]
@@ -678,7 +678,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         "--dynamic-size",
         action="store_true",
         help="ONNX: export with dynamic input height and width (and batch, for backbone "
-        "exports); check the file against eager at the export size and the --check-sizes",
+        "exports); ONNX and TorchScript: check the file against eager at the export size and "
+        "the --check-sizes",
     )
     parser.add_argument(
         "--check-sizes",
