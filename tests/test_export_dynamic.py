@@ -11,7 +11,6 @@ within 1e-5 of their largest magnitude; detections are the same number of instan
 classes, and boxes, scores and mask probabilities within 1e-4 of their largest magnitude."""
 
 import json
-import os
 import re
 from typing import Any, Dict, List, Sequence, Tuple
 
@@ -41,18 +40,14 @@ pytestmark = pytest.mark.numerics
 MVIT_DEMO = str(REPO / "configs" / "demo" / "mask_rcnn_mvitv2_shapes.py")
 VIL_DEMO = "projects/ViL/configs/demo/mask_rcnn_vil_shapes.py"
 # Small detectors: MViT windows of 16 tokens at stride 4 (64 px) halved per stage; ViL chunks of
-# 3 tokens (12 px at stride 4). Up to 100 detections per image, so their number varies.
+# 3 tokens (12 px at stride 4).
 MVIT_OPTS = [
     "model.backbone.bottom_up.embed_dim=16",
     "model.backbone.bottom_up.depth=4",
     "model.backbone.bottom_up.last_block_indexes=[0,1,2,3]",
     "model.backbone.bottom_up.adaptive_window_size=16",
-    "model.roi_heads.box_predictor.test_topk_per_image=100",
 ]
-VIL_OPTS = [
-    "model.backbone.bottom_up.window=3",
-    "model.roi_heads.box_predictor.test_topk_per_image=100",
-]
+VIL_OPTS = ["model.backbone.bottom_up.window=3"]
 FPN_LEVELS = ["p2", "p3", "p4", "p5", "p6"]
 DETECTOR_OUTPUTS = ["pred_boxes", "pred_classes", "pred_masks", "scores", "image_size"]
 
