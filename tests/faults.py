@@ -9,6 +9,7 @@ MVIT_REFERENCE = "tests/test_mvit_reference.py"
 VIL_REFERENCE = "tests/test_vil_reference.py::test_training_outputs_and_gradients_equal_reference"
 PREDICTOR = "tests/test_predictor.py"
 HUB = "tests/test_hub.py"
+EXPORT_DYNAMIC = "tests/test_export_dynamic.py"
 
 FAULTS = [
     # ------------------------------------------------------------------ MViTv2 backbone
@@ -1017,5 +1018,94 @@ FAULTS = [
         old='torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()',
         new="torch.linspace(0, drop_path_rate, sum(depths)).tolist()",
         tests=[f"{HUB}::test_every_backbone_entry_builds_its_preset"],
+    ),
+    # ------------------------------------------------------------------ ONNX at any input size
+    dict(
+        name="unflatten_dim_not_traceable",
+        what="unflatten also under tracing: the legacy exporter fixes the traced sizes",
+        file="mvit_det/modeling/layers.py",
+        old="    if not is_tracing_or_exporting():\n        return x.unflatten(dim, sizes)",
+        new="    if True:\n        return x.unflatten(dim, sizes)",
+        tests=[EXPORT_DYNAMIC + "::test_legacy_mvit_backbone_one_file_every_size_and_batch"],
+    ),
+    dict(
+        name="mvit_traced_window_pad_frozen",
+        what="MViT's traced window padding by F.pad, whose widths a trace freezes",
+        file="mvit_det/modeling/backbones/mvit/geometry.py",
+        old="x = zero_pad_end(zero_pad_end(x, 1, rows * win_h - H), 2, cols * win_w - W)",
+        new="x = F.pad(x, (0, 0, 0, 0, 0, cols * win_w - W, 0, rows * win_h - H))",
+        tests=[EXPORT_DYNAMIC + "::test_legacy_mvit_backbone_one_file_every_size_and_batch"],
+    ),
+    dict(
+        name="mvit_traced_abs_pos_resize_skipped",
+        what="the absolute position resize left out of a graph traced at the table's own grid",
+        file="mvit_det/modeling/backbones/mvit/geometry.py",
+        old="if is_tracing_or_exporting() or (side, side) != tuple(hw):",
+        new="if (side, side) != tuple(hw):",
+        tests=[EXPORT_DYNAMIC + "::test_legacy_mvit_absolute_positions_at_other_grids"],
+    ),
+    dict(
+        name="vil_traced_patch_pad_frozen",
+        what="ViL's traced patch-embedding padding frozen to the export size's",
+        file="mvit_det/modeling/backbones/vil/model.py",
+        old="x = zero_pad_end(x, 2, (p - x.shape[2] % p) % p)",
+        new="x = F.pad(x, (0, 0, 0, int((p - x.shape[2] % p) % p)))",
+        tests=[EXPORT_DYNAMIC + "::test_legacy_backbone_alone_at_sizes_no_multiple_of_32"],
+    ),
+    dict(
+        name="vil_traced_query_chunks_frozen",
+        what="ViL's traced query chunks padded by widths frozen to the export size's",
+        file="mvit_det/modeling/backbones/vil/geometry.py",
+        old="padded = zero_pad_end(zero_pad_end(q_map, 2, rows * w - H), 3, cols * w - W)",
+        new="padded = F.pad(q_map, (0, 0, 0, int(cols * w - W), 0, int(rows * w - H)))",
+        tests=[EXPORT_DYNAMIC + "::test_legacy_vil_backbone_one_file_every_size_and_batch"],
+    ),
+    dict(
+        name="vil_traced_key_regions_frozen",
+        what="ViL's traced key regions padded by widths frozen to the export size's",
+        file="mvit_det/modeling/backbones/vil/geometry.py",
+        old="padded = zero_pad_end(zero_pad_end(local, 2, rows * w - H), 3, cols * w - W)",
+        new="padded = F.pad(local, (0, 0, 0, int(cols * w - W), 0, int(rows * w - H)))",
+        tests=[EXPORT_DYNAMIC + "::test_legacy_vil_backbone_one_file_every_size_and_batch"],
+    ),
+    dict(
+        name="vil_traced_region_padding_unfold",
+        what="ViL's padding mask cut into regions by unfold also when traced",
+        file="mvit_det/modeling/backbones/vil/geometry.py",
+        old="    if not is_tracing_or_exporting():\n        return padding.unfold(",
+        new="    if True:\n        return padding.unfold(",
+        tests=[EXPORT_DYNAMIC + "::test_legacy_vil_backbone_one_file_every_size_and_batch"],
+    ),
+    dict(
+        name="export_dynamic_axes_dropped",
+        what="export --dynamic-size writes a legacy ONNX file of fixed size",
+        file="mvit_det/tools/export.py",
+        old="                    dynamic_axes=dynamic,",
+        new="                    dynamic_axes=None,",
+        tests=[EXPORT_DYNAMIC + "::test_tool_exports_any_size_lists_ops_and_records_checks"],
+    ),
+    dict(
+        name="export_size_checks_ignored",
+        what="export --dynamic-size accepts a file that fails at the other sizes",
+        file="mvit_det/tools/export.py",
+        old="    if failures:\n        raise ToolError(",
+        new="    if False:\n        raise ToolError(",
+        tests=[EXPORT_DYNAMIC + "::test_tool_fails_on_a_file_that_does_not_serve_other_sizes"],
+    ),
+    dict(
+        name="export_dynamo_batch_of_one",
+        what="the dynamo export at dynamic sizes gets a batch of one (torch.export fixes it)",
+        file="mvit_det/tools/export.py",
+        old="        example = torch.cat([example, example.flip(-1)])",
+        new="        example = example",
+        tests=[EXPORT_DYNAMIC + "::test_tool_gives_the_dynamo_exporter_a_batch_of_two"],
+    ),
+    dict(
+        name="export_dynamo_detector_reason_lost",
+        what="the tool no longer says where torch.export stops on the whole detector",
+        file="mvit_det/tools/export.py",
+        old='"check (are_strides_like_channels_last) raises GuardOnDataDependentSymNode. Use --exporter "',
+        new='"check fails. Use --exporter "',
+        tests=[EXPORT_DYNAMIC + "::test_tool_names_why_dynamo_cannot_export_the_detector"],
     ),
 ]

@@ -1,7 +1,7 @@
 """Layers and helpers that every backbone family shares: the MLP, the initialisation, input
 checks, and the small shape helpers that keep code traceable and exportable."""
 
-from typing import Type
+from typing import List, Type
 
 import torch
 import torch.nn as nn
@@ -13,6 +13,7 @@ __all__ = [
     "check_images",
     "init_transformer_weights",
     "is_tracing_or_exporting",
+    "unflatten_dim",
     "zero_pad_end",
 ]
 
@@ -76,6 +77,28 @@ def is_tracing_or_exporting() -> bool:
 @torch.jit.unused
 def _is_exporting() -> bool:
     return torch.compiler.is_exporting()
+
+
+def unflatten_dim(x: torch.Tensor, dim: int, sizes: List[int]) -> torch.Tensor:
+    """
+    ``x.unflatten(dim, sizes)`` in a way that exports at dynamic sizes: the legacy ONNX exporter
+    gives ``unflatten`` a target shape its shape inference cannot follow, then takes the traced
+    example's sizes as fixed (the graph serves that size only). Under tracing/export this is a
+    ``reshape`` to the sizes of every dimension; in eager (and compiled) code ``unflatten``.
+
+    Args:
+        x: any tensor.
+        dim: the dimension to split (may be negative).
+        sizes: its new sizes (one may be -1; ints or traced sizes).
+
+    Returns:
+        the view (or copy) of ``x`` with ``dim`` split into ``sizes``.
+    """
+    if not is_tracing_or_exporting():
+        return x.unflatten(dim, sizes)
+    d = dim % x.dim()
+    shape = list(x.shape)
+    return x.reshape(shape[:d] + list(sizes) + shape[d + 1 :])
 
 
 def zero_pad_end(x: torch.Tensor, dim: int, amount: int) -> torch.Tensor:

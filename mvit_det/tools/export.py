@@ -8,8 +8,16 @@ What works (see docs/tools.md):
 - TorchScript scripting (``--format torchscript --script --what trunk``) of a backbone whose family
   compiles with ``torch.jit.script`` (MViT), alone.
 - ONNX with the legacy exporter (``--format onnx --exporter legacy``), backbone or whole
-  detector: a valid graph for the input size it was exported at.
-- ONNX with the dynamo exporter (``--exporter dynamo``), backbone: for the export input size.
+  detector: for the export input size, or with ``--dynamic-size`` one graph for every input size
+  (and batch size, for the backbone).
+- ONNX with the dynamo exporter (``--exporter dynamo``), backbone: for the export input size, or
+  with ``--dynamic-size`` for every size (and batch size).
+
+``--dynamic-size`` exports with dynamic input axes and checks the file against eager at the export
+size and at the ``--check-sizes`` (default: two other sizes derived from the export size, one of
+them with a batch of 2 for the backbone); a difference above ``--tolerance`` or a size the file
+cannot run is an error. ``--list-ops`` prints the ONNX operators of the graph (also recorded in
+``export.json``).
 
 ``--what`` picks the detector (``model``), its backbone with the neck (``backbone``: FPN or other),
 or the backbone alone (``trunk``; or the name of its family, e.g. ``mvit``, which also checks
@@ -26,6 +34,8 @@ Examples:
       --format torchscript --what model --output output/export
   python tools/export.py --config mask_rcnn_mvitv2_t.py --weights model_final.pkl \\
       --format onnx --exporter legacy --what backbone --image-size 1024x1024
+  python tools/export.py --config mask_rcnn_mvitv2_t.py --weights model_final.pkl \\
+      --format onnx --what model --dynamic-size --image-size 800x1067 --list-ops
 """
 
 from __future__ import annotations
@@ -35,6 +45,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 import warnings
 from functools import partial
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -48,20 +59,36 @@ from detectron2.modeling import GeneralizedRCNN
 from ..modeling.backbones import families, family_of, find_backbone, get_family
 from ..utils.file_io import atomic_write
 from .loading import LoadedModel, ToolError, add_image_size_argument, add_model_arguments
-from .loading import load_model, synthetic_input
+from .loading import load_model, parse_hw, synthetic_input
 
 __all__ = [
     "compare_outputs",
+    "default_check_sizes",
     "detector_adapter",
+    "dynamic_axes",
     "export_onnx",
     "export_torchscript",
     "main",
+    "onnx_operators",
     "output_names",
     "run_onnx",
 ]
 
 EXPORTERS = ("legacy", "dynamo")
 DEFAULT_OPSET = 17
+DYNAMO_OPSET = 18  # the dynamo exporter starts at opset 18
+DEFAULT_TOLERANCE = 1e-3  # largest relative difference to eager that --dynamic-size accepts
+# The graph input's name; its dynamic axes per export kind (see dynamic_axes).
+INPUT_NAME = "images"
+# Why the dynamo exporter cannot export the whole detector (what torch.export stops at).
+DYNAMO_DETECTOR_ERROR = (
+    "the dynamo ONNX exporter does not export the whole detector: torch.export stops in "
+    "Detectron2's preprocessing, already at a fixed input size. ImageList.from_tensors computes "
+    "the padding to the size divisibility from a tensor of image sizes, so torch.export sees the "
+    "padded height and width as data-dependent (unbacked) sizes, and the first conv's stride "
+    "check (are_strides_like_channels_last) raises GuardOnDataDependentSymNode. Use --exporter "
+    "legacy (any input size with --dynamic-size), or --what backbone"
+)
 
 
 def what_choices() -> List[str]:
@@ -167,6 +194,30 @@ def export_torchscript(
     return compiled
 
 
+def dynamic_axes(what: str, output_names: Sequence[str]) -> Dict[str, Dict[int, str]]:
+    """
+    The dynamic axes of an export with ``--dynamic-size``, by graph input and output name, in
+    the form of ``torch.onnx.export``'s ``dynamic_axes``.
+
+    Args:
+        what: "model" (the detector: one (3, H, W) image) or a backbone export ((N, 3, H, W)).
+        output_names: the graph's output names.
+
+    Returns:
+        for the detector: ``images`` axes 1, 2 (``height``, ``width``) and axis 0 of every output
+        but ``image_size`` (``detections``); for a backbone: ``images`` axes 0, 2, 3 (``batch``,
+        ``height``, ``width``) and axes 0, 2, 3 of every feature map (``batch``,
+        ``<name>_height``, ``<name>_width``).
+    """
+    if what == "model":
+        axes = {INPUT_NAME: {1: "height", 2: "width"}}
+        axes.update({name: {0: "detections"} for name in output_names if name != "image_size"})
+        return axes
+    axes = {INPUT_NAME: {0: "batch", 2: "height", 3: "width"}}
+    axes.update({n: {0: "batch", 2: f"{n}_height", 3: f"{n}_width"} for n in output_names})
+    return axes
+
+
 def export_onnx(
     module: torch.nn.Module,
     example: torch.Tensor,
@@ -174,20 +225,31 @@ def export_onnx(
     exporter: str = "legacy",
     opset: int = DEFAULT_OPSET,
     output_names: Optional[Sequence[str]] = None,
+    dynamic: Optional[Dict[str, Dict[int, str]]] = None,
 ) -> None:
     """
-    Exports ``module`` to ONNX for the shape of ``example`` and writes it atomically.
+    Exports ``module`` to ONNX and writes it atomically: for the shape of ``example``, or with
+    ``dynamic`` for any size along the dynamic axes.
 
     Args:
         module: a module of one tensor input.
         example: its example input.
         path: the ``.onnx`` file to write.
         exporter: "legacy" (TorchScript-based, ``dynamo=False``) or "dynamo" (torch.export).
-        opset: ONNX opset version.
+        opset: ONNX opset version (the dynamo exporter uses at least :data:`DYNAMO_OPSET`).
         output_names: names of the graph outputs.
+        dynamic: dynamic axes by input/output name (see :func:`dynamic_axes`), or None for a
+            graph of the example's shape. The dynamo exporter takes those of the input as
+            ``torch.export.Dim.DYNAMIC`` (the outputs' follow): give it an example whose
+            dynamic sizes are not 1 (torch.export fixes a size of 1).
+
+    Raises:
+        ToolError: an unknown exporter; or, with ``dynamic``, ``torch.export`` fails or fixes a
+            dynamic input axis (the message names the error or the axis; no fixed-size fallback).
     """
     if exporter not in EXPORTERS:
         raise ToolError(f"exporter {exporter!r} is not one of {EXPORTERS}")
+    names = list(output_names) if output_names else None
     with tempfile.TemporaryDirectory(dir=os.path.dirname(os.path.abspath(path))) as tmp:
         staged = os.path.join(tmp, "model.onnx")
         with torch.no_grad(), warnings.catch_warnings():
@@ -199,23 +261,132 @@ def export_onnx(
                     staged,
                     dynamo=False,
                     opset_version=opset,
-                    input_names=["images"],
-                    output_names=list(output_names) if output_names else None,
+                    input_names=[INPUT_NAME],
+                    output_names=names,
+                    dynamic_axes=dynamic,
                 )
             else:
-                program = torch.onnx.export(
-                    module,
-                    (example,),
-                    dynamo=True,
-                    opset_version=max(opset, 18),  # the dynamo exporter starts at opset 18
-                    input_names=["images"],
-                    output_names=list(output_names) if output_names else None,
-                    verbose=False,
-                )
-                program.save(staged)
+                _export_dynamo(module, example, staged, opset, names, dynamic)
+        if dynamic:
+            _check_dynamic_input(staged, dynamic[INPUT_NAME], exporter)
         with open(staged, "rb") as f:
             data = f.read()
     atomic_write(path, lambda f: f.write(data))
+
+
+def _export_dynamo(
+    module: torch.nn.Module,
+    example: torch.Tensor,
+    path: str,
+    opset: int,
+    names: Optional[List[str]],
+    dynamic: Optional[Dict[str, Dict[int, str]]],
+) -> None:
+    """The dynamo exporter's half of :func:`export_onnx` (writes ``path``)."""
+    shapes = None
+    if dynamic:
+        shapes = ({axis: torch.export.Dim.DYNAMIC for axis in dynamic[INPUT_NAME]},)
+    try:
+        program = torch.onnx.export(
+            module,
+            (example,),
+            dynamo=True,
+            opset_version=max(opset, DYNAMO_OPSET),
+            input_names=[INPUT_NAME],
+            output_names=names,
+            dynamic_shapes=shapes,
+            verbose=False,
+        )
+    except Exception as e:  # torch.export's errors have no common base class
+        if not dynamic:
+            raise
+        raise ToolError(
+            "torch.export cannot export with dynamic sizes (there is no fallback to a fixed "
+            f"size): {_first_lines(e)}; export without --dynamic-size, or with --exporter legacy"
+        ) from e
+    program.save(path)
+
+
+def _check_dynamic_input(path: str, axes: Dict[int, str], exporter: str) -> None:
+    """
+    Raises a ToolError if an axis that should be dynamic is a fixed number in the graph input
+    of the ONNX file at ``path`` (an exporter that specialised it).
+    """
+    import onnx
+
+    graph = onnx.load(path, load_external_data=False).graph
+    dims = graph.input[0].type.tensor_type.shape.dim
+    fixed = [f"{axis} ({name})" for axis, name in axes.items() if not dims[axis].dim_param]
+    if fixed:
+        raise ToolError(
+            f"the {exporter} exporter made input axes {', '.join(fixed)} fixed sizes instead of "
+            "dynamic ones; export without --dynamic-size (one file per size)"
+        )
+
+
+def _first_lines(error: BaseException, lines: int = 12) -> str:
+    """The start of an exception's message (torch.export's are pages long)."""
+    text = f"{type(error).__name__}: {error}".strip().splitlines()
+    return "\n".join(text[:lines]) + ("\n..." if len(text) > lines else "")
+
+
+def onnx_operators(path: str) -> Dict[str, int]:
+    """
+    The operators of an ONNX file and how often each occurs, in the main graph, the subgraphs
+    of control-flow nodes and the model's local functions (each counted where defined).
+
+    Args:
+        path: an ONNX file.
+
+    Returns:
+        ``{op: count}`` sorted by op; ops of another domain than the standard one are named
+        ``domain::op`` (e.g. ``com.microsoft::...``).
+    """
+    import onnx
+
+    model = onnx.load(path, load_external_data=False)
+    counts: Dict[str, int] = {}
+
+    def visit(nodes: Any) -> None:
+        for node in nodes:
+            name = (
+                f"{node.domain}::{node.op_type}"
+                if node.domain not in ("", "ai.onnx")
+                else node.op_type
+            )
+            counts[name] = counts.get(name, 0) + 1
+            for attribute in node.attribute:
+                if attribute.type == onnx.AttributeProto.GRAPH:
+                    visit(attribute.g.node)
+                for graph in attribute.graphs:
+                    visit(graph.node)
+
+    visit(model.graph.node)
+    local = {(f.domain, f.name) for f in model.functions}
+    for function in model.functions:
+        visit(function.node)
+    for domain, name in local:  # calls of local functions are not operators
+        key = f"{domain}::{name}" if domain not in ("", "ai.onnx") else name
+        counts.pop(key, None)
+    return dict(sorted(counts.items()))
+
+
+def default_check_sizes(size: Tuple[int, int]) -> List[Tuple[int, int]]:
+    """
+    The sizes ``--dynamic-size`` checks besides the export size, when ``--check-sizes`` is not
+    given: the transposed size (or, for a square, one 3/4 as wide) and a square between the two
+    sides (plus 8, so that it differs from both).
+
+    Args:
+        size: (H, W) of the export's image.
+
+    Returns:
+        two (H, W) sizes.
+    """
+    h, w = size
+    other = (w, h) if h != w else (h, max(32, 3 * w // 4))
+    side = max(32, (h + w) // 2 + 8)
+    return [other, (side, side)]
 
 
 def run_onnx(path: str, images: torch.Tensor) -> List[np.ndarray]:
@@ -273,6 +444,9 @@ def export(
     exporter: str = "legacy",
     opset: int = DEFAULT_OPSET,
     script: bool = False,
+    dynamic_size: bool = False,
+    check_sizes: Optional[Sequence[Tuple[int, int]]] = None,
+    tolerance: float = DEFAULT_TOLERANCE,
 ) -> Dict[str, Any]:
     """
     Exports, runs the export on the example input and compares it with eager.
@@ -289,23 +463,38 @@ def export(
         opset: ONNX opset.
         script: TorchScript by scripting (the backbone alone, of a family that scripts) instead
             of tracing.
+        dynamic_size: export ONNX with dynamic axes (:func:`dynamic_axes`), and check the file
+            (ONNX or TorchScript) at ``check_sizes`` too.
+        check_sizes: (H, W) image sizes checked besides the export's with ``dynamic_size``;
+            None for :func:`default_check_sizes`. A backbone export is checked at the first one
+            with a batch of two images (with the dynamo exporter, which exports a batch of two,
+            with one).
+        tolerance: with ``dynamic_size``, the largest relative difference to eager accepted at
+            any checked size.
 
     Returns:
         a report: file, format, the sizes (``requested_image_size``, ``input_size`` of the image
         before the model's padding, ``input_shape`` of the exported input), output names (the
-        ONNX graph's too) and relative differences.
+        ONNX graph's too), relative differences, export time and file size; for ONNX the opset
+        and operators; with ``dynamic_size`` the dynamic axes and the checks at other sizes.
+
+    Raises:
+        ToolError: an export that is not possible (the message says why), or with
+            ``dynamic_size`` a checked size at which the file fails or differs by more than
+            ``tolerance`` (the report is written first).
     """
     if fmt == "onnx" and exporter == "dynamo" and what == "model":
-        raise ToolError(
-            "the dynamo ONNX exporter does not export the whole detector (its detections are "
-            "data-dependent); use --exporter legacy, or --what backbone"
-        )
+        raise ToolError(DYNAMO_DETECTOR_ERROR)
     if script and (fmt != "torchscript" or what in ("model", "backbone")):
         raise ToolError(
             "--script applies to --format torchscript --what trunk (or the family's name, e.g. "
             "--what mvit): Detectron2's necks and heads are exported by tracing, leave out --script"
         )
-    example, sizes = _example(loaded, image_size, what != "model")
+    backbone = what != "model"
+    example, sizes = _example(loaded, image_size, backbone)
+    if dynamic_size and fmt == "onnx" and exporter == "dynamo" and backbone:
+        # torch.export fixes a dynamic size of 1: export a batch of two different images
+        example = torch.cat([example, example.flip(-1)])
     names: List[str] = []
     if what == "model":
         module: torch.nn.Module = detector_adapter(loaded.model, example)
@@ -322,6 +511,8 @@ def export(
     os.makedirs(output_dir, exist_ok=True)
     suffix = "ts" if fmt == "torchscript" else "onnx"
     path = os.path.join(output_dir, f"{what}.{suffix}")
+    axes = dynamic_axes(what, names) if dynamic_size and fmt == "onnx" else None
+    started = time.perf_counter()
     run: Callable[[torch.Tensor], Sequence[Any]]
     if script:
         scripted = export_torchscript(module.backbone, example, path, script=True)
@@ -333,8 +524,9 @@ def export(
     elif fmt == "torchscript":
         run = export_torchscript(module, example, path)
     else:
-        export_onnx(module, example, path, exporter, opset, names)
+        export_onnx(module, example, path, exporter, opset, names, axes)
         run = partial(run_onnx, path)
+    seconds = time.perf_counter() - started
     with torch.no_grad():
         errors = compare_outputs(run(example), expected)
     report = {
@@ -346,13 +538,90 @@ def export(
         "input_shape": list(example.shape),
         "outputs": names,
         "max_relative_difference": errors,
+        "export_seconds": round(seconds, 3),
+        "file_bytes": os.path.getsize(path),
         "config": loaded.config_file,
     }
+    if fmt == "onnx":
+        report["opset"] = max(opset, DYNAMO_OPSET) if exporter == "dynamo" else opset
+        report["operators"] = onnx_operators(path)
+    failures: List[str] = []
+    batch = example.shape[0] if backbone else 1
+    if dynamic_size:
+        report["dynamic_axes"] = axes
+        report["checks"], failures = _check_sizes(
+            loaded, module, run, sizes["input_size"], check_sizes, backbone, batch, tolerance
+        )
+        if any(e > tolerance or e != e for e in errors):  # a NaN fails too
+            failures.insert(0, f"{'x'.join(map(str, sizes['input_size']))}: {errors}")
     atomic_write(
         os.path.join(output_dir, "export.json"),
         lambda f: f.write(json.dumps(report, indent=2).encode()),
     )
+    if failures:
+        raise ToolError(
+            f"{path} does not give the eager outputs at every checked size (largest relative "
+            f"difference per output, tolerance {tolerance:g}; see export.json): "
+            + "; ".join(failures)
+        )
     return report
+
+
+def _check_sizes(
+    loaded: LoadedModel,
+    module: torch.nn.Module,
+    run: Callable[[torch.Tensor], Sequence[Any]],
+    export_size: Sequence[int],
+    sizes: Optional[Sequence[Tuple[int, int]]],
+    backbone: bool,
+    export_batch: int,
+    tolerance: float,
+) -> Tuple[List[Dict[str, Any]], List[str]]:
+    """
+    Runs the export at other input sizes and compares with eager.
+
+    Args:
+        loaded: the model (its preprocessing makes the inputs).
+        module: the exported module, eager.
+        run: runs the exported file.
+        export_size: (H, W) of the export's image.
+        sizes: the (H, W) image sizes, or None for :func:`default_check_sizes`.
+        backbone: a backbone export ((N, 3, H, W) input).
+        export_batch: the batch of the export's example; if 1, a backbone export is checked at
+            the first size with a batch of two images.
+        tolerance: the largest relative difference accepted.
+
+    Returns:
+        one record per size (``image_size``, ``input_shape``, ``max_relative_difference``) and
+        the failures (size: reason).
+    """
+    records, failures = [], []
+    wanted = list(sizes) if sizes else default_check_sizes((export_size[0], export_size[1]))
+    for i, size in enumerate(wanted):
+        images, _ = _example(loaded, tuple(size), backbone)
+        if backbone and i == 0 and export_batch == 1:
+            images = torch.cat([images, images.flip(-1)])  # a batch of two different images
+        label = "x".join(map(str, size))
+        with torch.no_grad():
+            expected = list(module(images))
+            try:
+                errors = compare_outputs(run(images), expected)
+            except ToolError as e:
+                failures.append(f"{label}: {e}")
+                errors = None
+            except Exception as e:  # onnxruntime's and TorchScript's errors
+                failures.append(f"{label}: the file does not run: {_first_lines(e, 3)}")
+                errors = None
+        if errors is not None and any(e > tolerance or e != e for e in errors):
+            failures.append(f"{label}: {errors}")
+        records.append(
+            {
+                "image_size": list(size),
+                "input_shape": list(images.shape),
+                "max_relative_difference": errors,
+            }
+        )
+    return records, failures
 
 
 def _trunk(loaded: LoadedModel, what: str, script: bool) -> torch.nn.Module:
@@ -398,10 +667,46 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         help="torch.jit.script instead of trace (the backbone alone: --what trunk)",
     )
     add_image_size_argument(parser)
-    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET)
+    parser.add_argument(
+        "--opset",
+        type=int,
+        default=DEFAULT_OPSET,
+        help=f"ONNX opset (default {DEFAULT_OPSET}; the dynamo exporter uses at least "
+        f"{DYNAMO_OPSET})",
+    )
+    parser.add_argument(
+        "--dynamic-size",
+        action="store_true",
+        help="ONNX: export with dynamic input height and width (and batch, for backbone "
+        "exports); ONNX and TorchScript: check the file against eager at the export size and "
+        "the --check-sizes",
+    )
+    parser.add_argument(
+        "--check-sizes",
+        type=_parse_sizes,
+        default=None,
+        metavar="HxW[,HxW...]",
+        help="with --dynamic-size: the image sizes checked besides the export size (default: "
+        "the transposed export size and a square between its sides)",
+    )
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=DEFAULT_TOLERANCE,
+        help="with --dynamic-size: the largest relative difference to eager accepted at every "
+        f"checked size (default {DEFAULT_TOLERANCE:g})",
+    )
+    parser.add_argument(
+        "--list-ops", action="store_true", help="ONNX: print the operators of the exported graph"
+    )
     parser.add_argument("--output", default="output/export", help="output folder")
     add_model_arguments(parser, weights_required=False)
     return parser.parse_args(argv)
+
+
+def _parse_sizes(text: str) -> List[Tuple[int, int]]:
+    """``HxW[,HxW...]`` as a list of (H, W), for argparse."""
+    return [parse_hw(part) for part in text.split(",") if part.strip()]
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -435,6 +740,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             args.exporter,
             args.opset,
             args.script,
+            args.dynamic_size,
+            args.check_sizes,
+            args.tolerance,
         )
     except ToolError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -448,4 +756,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         f"wrote {report['file']} for a {h}x{w} image ({how}; exported input shape "
         f"{report['input_shape']}); largest relative difference to eager per output: {errors}"
     )
+    print(f"export {report['export_seconds']:.1f} s, {report['file_bytes'] / 2**20:.1f} MiB")
+    for check in report.get("checks", []):
+        size = "x".join(map(str, check["image_size"]))
+        worst = max(check["max_relative_difference"])
+        print(f"checked at {size} (input shape {check['input_shape']}): largest {worst:.1e}")
+    if args.list_ops:
+        if "operators" not in report:
+            print("--list-ops: the operators are listed for ONNX files", file=sys.stderr)
+        else:
+            print(f"ONNX operators (opset {report['opset']}), with their number of nodes:")
+            for op, count in report["operators"].items():
+                print(f"  {op} {count}")
     return 0

@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ...layers import ceil_div, is_tracing_or_exporting
+from ...layers import ceil_div, is_tracing_or_exporting, unflatten_dim
 from .checks import check_attention_args
 from .cores import MVIT_CORES, Tables, scripted_core
 from .geometry import relative_position_table, window_bands, window_partition, window_unpartition
@@ -40,7 +40,7 @@ def _pool(
         x.permute(0, 3, 1, 2), weight, None, stride=stride, padding=padding, groups=weight.shape[0]
     )
     # (B, C, H', W') -> (B, H', W', heads, head_dim)
-    return x.permute(0, 2, 3, 1).unflatten(-1, (num_heads, -1))
+    return unflatten_dim(x.permute(0, 2, 3, 1), -1, [num_heads, -1])
 
 
 class MultiScaleAttention(nn.Module):

@@ -15,6 +15,7 @@ import torch
 
 from ...fused_attention import folded_attention, folded_width
 from ..registry import AttentionCores
+from ...layers import unflatten_dim
 from .geometry import decomposed_rel_pos_terms
 
 __all__ = [
@@ -44,7 +45,9 @@ def eager_attention(
         rel_h, rel_w = decomposed_rel_pos_terms(q, tables[0], tables[1], q_hw)
         k_hw = (tables[0].shape[1], tables[1].shape[1])
         # (N, nh, Nq, kh, kw) + (N, nh, Nq, kh, 1) + (N, nh, Nq, 1, kw)
-        attn = attn.unflatten(-1, k_hw) + rel_h[..., :, None] + rel_w[..., None, :]
+        attn = (
+            unflatten_dim(attn, -1, [k_hw[0], k_hw[1]]) + rel_h[..., :, None] + rel_w[..., None, :]
+        )
         attn = attn.flatten(-2)
     return attn.softmax(dim=-1) @ v
 

@@ -6,7 +6,7 @@ from typing import List, Optional, Tuple, Union
 import torch
 import torch.nn.functional as F
 
-from ...layers import ceil_div, is_tracing_or_exporting, zero_pad_end
+from ...layers import ceil_div, is_tracing_or_exporting, unflatten_dim, zero_pad_end
 
 __all__ = [
     "window_partition",
@@ -45,13 +45,17 @@ def window_partition(
         # (B, H, W, nh, d) -> (B, nh, H * W, d)
         return x.permute(0, 3, 1, 2, 4).reshape(B, nh, H * W, d), (H, W)
     win_h, win_w = _pair(window)
-    pad_h = (win_h - H % win_h) % win_h
-    pad_w = (win_w - W % win_w) % win_w
-    if is_tracing_or_exporting():  # the pad widths (maybe 0) are traced sizes
-        x = zero_pad_end(zero_pad_end(x, 1, pad_h), 2, pad_w)
-    elif pad_h or pad_w:
-        x = F.pad(x, (0, 0, 0, 0, 0, pad_w, 0, pad_h))
-    rows, cols = (H + pad_h) // win_h, (W + pad_w) // win_w
+    if is_tracing_or_exporting():
+        # Traced sizes: pad (maybe by 0) with zeros of traced sizes, to sides written as
+        # rows * win_h, which torch.export can follow through the view below.
+        rows, cols = ceil_div(H, win_h), ceil_div(W, win_w)
+        x = zero_pad_end(zero_pad_end(x, 1, rows * win_h - H), 2, cols * win_w - W)
+    else:
+        pad_h = (win_h - H % win_h) % win_h
+        pad_w = (win_w - W % win_w) % win_w
+        if pad_h or pad_w:
+            x = F.pad(x, (0, 0, 0, 0, 0, pad_w, 0, pad_h))
+        rows, cols = (H + pad_h) // win_h, (W + pad_w) // win_w
     # (B, rows, win_h, cols, win_w, nh, d) -> (B, rows, cols, nh, win_h, win_w, d)
     x = x.view(B, rows, win_h, cols, win_w, nh, d).permute(0, 1, 3, 5, 2, 4, 6)
     return x.reshape(B * rows * cols, nh, win_h * win_w, d), (win_h, win_w)
@@ -125,7 +129,7 @@ def resize_rel_pos(table: torch.Tensor, length: int) -> torch.Tensor:
     dtype = torch.promote_types(table.dtype, torch.float32)
     # (L, C) -> (1, C, L) -> (1, C, length) -> (length, C)
     resized = F.interpolate(table.to(dtype).t().unsqueeze(0), size=length, mode="linear")
-    return resized.squeeze(0).t().to(table.dtype)
+    return resized[0].t().to(table.dtype)  # [0], not squeeze(0): no ONNX If at dynamic sizes
 
 
 def relative_position_table(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Tensor:
@@ -175,7 +179,7 @@ def decomposed_rel_pos_terms(
         rel_h of shape (..., q_h * q_w, k_h) and rel_w of shape (..., q_h * q_w, k_w).
     """
     q_h, q_w = q_hw
-    grid_q = q.unflatten(-2, (q_h, q_w))
+    grid_q = unflatten_dim(q, -2, [q_h, q_w])
     # (..., q_h, q_w, C) x (q_h, k_h, C) -> (..., q_h, q_w, k_h)
     rel_h = torch.einsum("...hwc,hkc->...hwk", grid_q, table_h[:q_h])
     rel_w = torch.einsum("...hwc,wkc->...hwk", grid_q, table_w[:q_w])
@@ -206,6 +210,8 @@ def resize_abs_pos(abs_pos: torch.Tensor, has_cls_token: bool, hw: Tuple[int, in
         )
     # (1, N, C) -> (1, C, side, side)
     grid = abs_pos.reshape(1, side, side, -1).permute(0, 3, 1, 2)
-    if (side, side) != tuple(hw):
+    # Traced: the resize stays in the graph (an identity at the table's own grid), so the graph
+    # also serves input sizes whose grid differs.
+    if is_tracing_or_exporting() or (side, side) != tuple(hw):
         grid = F.interpolate(grid, size=hw, mode="bicubic", align_corners=False)
     return grid.permute(0, 2, 3, 1)

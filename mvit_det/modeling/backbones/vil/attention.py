@@ -12,6 +12,7 @@ from typing import Dict, NamedTuple, Tuple
 import torch
 import torch.nn as nn
 
+from ...layers import is_tracing_or_exporting
 from .checks import check_attention_args
 from .cores import VIL_CORES
 from .geometry import exact_window_outside, padded_axis, relative_bias_index
@@ -189,14 +190,17 @@ class LongformerAttention(nn.Module):
         (rows * w + 2w, cols * w + 2w) bool: which positions of the map, padded by w on every
         side and to whole chunks, lie outside the real map. Cached per map size.
         """
+        # Not cached when compiled, traced or exported: the sizes are symbolic there (a cached
+        # mask would be one of another graph, or freeze the size).
+        cache = not (torch.compiler.is_compiling() or is_tracing_or_exporting())
         key = (hw, device)
-        cached = None if torch.compiler.is_compiling() else self._padding_cache.get(key)
+        cached = self._padding_cache.get(key) if cache else None
         if cached is not None:
             return cached
         w = self.window
         rows, cols = (padded_axis(n, w, device) for n in hw)
         padding = ~(rows[:, None] & cols[None, :])
-        if not torch.compiler.is_compiling():
+        if cache:
             if len(self._padding_cache) >= 16:
                 self._padding_cache.clear()
             self._padding_cache[key] = padding

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from ...fused_attention import folded_attention, folded_width
 from ...layers import is_tracing_or_exporting
 from ..registry import AttentionCores
-from .geometry import key_regions, query_chunks, unchunk
+from .geometry import key_regions, query_chunks, region_padding, unchunk
 from .recompute import chunk_attention
 
 if TYPE_CHECKING:
@@ -61,7 +61,7 @@ def eager_attention(
     v_c = key_regions(c.v_map, c.v_glob, w)
     scores = q_c @ k_c.transpose(-2, -1) + c.bias[:, None, None]
     # (rows, cols, 9w^2) keys of each region in the padding; globals never are.
-    outside = c.padding.unfold(0, 3 * w, w).unfold(1, 3 * w, w).flatten(2)
+    outside = region_padding(c.padding, w)
     globals_inside = outside.new_zeros(*outside.shape[:2], attn.num_global)
     outside = torch.cat([globals_inside, outside], -1)[:, :, None]  # (rows, cols, 1, S)
     scores = scores.masked_fill(outside, float("-inf"))

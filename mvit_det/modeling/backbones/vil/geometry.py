@@ -9,13 +9,14 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from ...layers import ceil_div, is_tracing_or_exporting
+from ...layers import ceil_div, is_tracing_or_exporting, unflatten_dim, zero_pad_end
 
 __all__ = [
     "exact_window_outside",
     "key_regions",
     "padded_axis",
     "query_chunks",
+    "region_padding",
     "relative_bias_index",
     "unchunk",
 ]
@@ -85,6 +86,8 @@ def query_chunks(q_map: torch.Tensor, window: int, extra: Optional[torch.Tensor]
     B, nh, H, W, d = q_map.shape
     w = window
     rows, cols = ceil_div(H, w), ceil_div(W, w)
+    if is_tracing_or_exporting():
+        return _query_chunks_traceable(q_map, w, extra)
     e = 0 if extra is None else extra.shape[-1]
     padded = F.pad(q_map, (0, e, 0, cols * w - W, 0, rows * w - H))
     # (B, nh, rows, w, cols, w, d + e) -> (B, nh, rows, cols, w, w, d + e)
@@ -92,6 +95,26 @@ def query_chunks(q_map: torch.Tensor, window: int, extra: Optional[torch.Tensor]
     if extra is not None:
         chunks[..., d:] = extra.view(w, w, e)
     return chunks.reshape(B, nh, rows, cols, w * w, d + e)
+
+
+def _query_chunks_traceable(
+    q_map: torch.Tensor, window: int, extra: Optional[torch.Tensor]
+) -> torch.Tensor:
+    """
+    :func:`query_chunks` for tracing and export: the map is padded to whole chunks with zeros
+    of traced sizes (a traced ``F.pad`` freezes its widths) and ``extra`` is concatenated (no
+    in-place write), so the graph serves every map size. Same values as :func:`query_chunks`.
+    """
+    B, nh, H, W, d = q_map.shape
+    w = window
+    rows, cols = ceil_div(H, w), ceil_div(W, w)
+    padded = zero_pad_end(zero_pad_end(q_map, 2, rows * w - H), 3, cols * w - W)
+    # (B, nh, rows, w, cols, w, d) -> (B, nh, rows, cols, w, w, d) -> (..., w^2, d)
+    chunks = padded.reshape(B, nh, rows, w, cols, w, d).permute(0, 1, 2, 4, 3, 5, 6)
+    chunks = chunks.reshape(B, nh, rows, cols, w * w, d)
+    if extra is None:
+        return chunks
+    return torch.cat([chunks, extra.expand(B, nh, rows, cols, w * w, extra.shape[-1])], -1)
 
 
 class GatherRegions(torch.autograd.Function):
@@ -189,10 +212,15 @@ def key_regions(
     w = window
     rows, cols = ceil_div(H, w), ceil_div(W, w)
     c = width or d + int(penalty is not None)
+    if is_tracing_or_exporting():
+        # The size-dependent padding with zeros of traced sizes (a traced F.pad freezes its
+        # widths); the constant widths (w on every side, the columns) by F.pad.
+        padded = zero_pad_end(zero_pad_end(local, 2, rows * w - H), 3, cols * w - W)
+        padded = F.pad(padded, (0, c - d, w, w, w, w))
+        glob = F.pad(glob, (0, c - d))
+        return _gather_regions_traceable(padded, glob, extra, w, penalty, d)
     padded = F.pad(local, (0, c - d, w, cols * w - W + w, w, rows * w - H + w))
     glob = F.pad(glob, (0, c - d))
-    if is_tracing_or_exporting():
-        return _gather_regions_traceable(padded, glob, extra, w, penalty, d)
     if penalty is not None:
         padded[..., d] = penalty
     return GatherRegions.apply(padded, glob, extra, w)
@@ -241,6 +269,39 @@ def _gather_regions_traceable(
     return tokens
 
 
+def region_padding(padding: torch.Tensor, window: int) -> torch.Tensor:
+    """
+    Which keys of every chunk's 3w x 3w region lie in the padding.
+
+    Args:
+        padding: (rows * w + 2w, cols * w + 2w) bool map of the padded positions.
+        window: chunk side w.
+
+    Returns:
+        (rows, cols, 9w^2) bool, the region in raster order.
+    """
+    w = window
+    if not is_tracing_or_exporting():
+        return padding.unfold(0, 3 * w, w).unfold(1, 3 * w, w).flatten(2)
+    # Traced: slices and stacks (the legacy ONNX exporter has no unfold of an unknown size).
+    rows, cols = padding.shape[0] // w - 2, padding.shape[1] // w - 2
+    # the (i, j) neighbour of every chunk, (rows, cols, w, w), in the region's raster order:
+    # (rows, cols, 3, w, 3, w)
+    neighbours = [
+        torch.stack(
+            [
+                padding[i * w : (i + rows) * w, j * w : (j + cols) * w]
+                .reshape(rows, w, cols, w)
+                .transpose(1, 2)
+                for j in range(3)
+            ],
+            3,
+        )
+        for i in range(3)
+    ]
+    return torch.stack(neighbours, 2).reshape(rows, cols, 9 * w * w)
+
+
 def unchunk(chunks: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:
     """
     Inverse of :func:`query_chunks`: (B, heads, rows, cols, w^2, d) -> (B, H * W, heads * d),
@@ -250,6 +311,6 @@ def unchunk(chunks: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:
     w = math.isqrt(w2)
     H, W = hw
     # (B, nh, rows, cols, w, w, d) -> (B, rows, w, cols, w, nh, d)
-    x = chunks.unflatten(-2, (w, w)).permute(0, 2, 4, 3, 5, 1, 6)
+    x = unflatten_dim(chunks, -2, [w, w]).permute(0, 2, 4, 3, 5, 1, 6)
     x = x.reshape(B, rows * w, cols * w, nh * d)[:, :H, :W]
     return x.reshape(B, H * W, nh * d)

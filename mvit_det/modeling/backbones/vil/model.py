@@ -12,7 +12,8 @@ from detectron2.modeling.backbone import Backbone
 from timm.layers import DropPath
 from torch.utils.checkpoint import checkpoint
 
-from ...layers import Mlp, check_images, init_transformer_weights
+from ...layers import Mlp, check_images, init_transformer_weights, is_tracing_or_exporting
+from ...layers import unflatten_dim, zero_pad_end
 from .attention import LongformerAttention
 from .checks import NUM_STAGES, check_vil_args
 
@@ -58,9 +59,15 @@ class ViLPatchEmbed(nn.Module):
             (B, G + H' * W', C) tokens with the globals first, and (H', W').
         """
         p = self.patch_size
-        pad_h, pad_w = -x.shape[2] % p, -x.shape[3] % p
-        if pad_h or pad_w:
-            x = F.pad(x, (0, pad_w, 0, pad_h))
+        if is_tracing_or_exporting():
+            # Traced sizes: pad always (maybe by 0 rows), with zeros of the traced shape, so the
+            # graph serves every input size (a traced F.pad or an `if` would be frozen).
+            x = zero_pad_end(x, 2, (p - x.shape[2] % p) % p)
+            x = zero_pad_end(x, 3, (p - x.shape[3] % p) % p)
+        else:
+            pad_h, pad_w = -x.shape[2] % p, -x.shape[3] % p
+            if pad_h or pad_w:
+                x = F.pad(x, (0, pad_w, 0, pad_h))
         x = self.proj(x)  # (B, C, H', W')
         hw = (x.shape[2], x.shape[3])
         x = self.norm_embed(x.flatten(2).transpose(1, 2))  # (B, H'W', C)
@@ -314,7 +321,7 @@ class ViL(Backbone):
                     tokens = mlp_block(attn_block(tokens, hw))
             # Drop the globals; (N, H * W, C) -> (N, C, H, W)
             local = tokens[:, self.num_global_tokens[i] :]
-            x = local.transpose(1, 2).unflatten(2, hw)
+            x = unflatten_dim(local.transpose(1, 2), 2, [hw[0], hw[1]])
             name = f"scale{i + 2}"
             if name in self._out_feature_channels:
                 outputs[name] = x
