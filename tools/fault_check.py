@@ -239,7 +239,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="mvit_det_faults_") as scratch:
         copy = os.path.join(scratch, "repo")
-        shutil.copytree(REPO, copy, ignore=SKIP)
+        # symlinks=True: links inside the repository (the model zoo's configs) stay links, so
+        # a fault in a linked file reaches every path that reads it.
+        shutil.copytree(REPO, copy, ignore=SKIP, symlinks=True)
         check_imports_copy(args.python, copy, faults)
         if not args.skip_baseline:
             tests = sorted({t for f in faults for t in f.tests})
