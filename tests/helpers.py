@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Tuple
 
 import torch
 import torch.nn as nn
 
 from mvit_det import MViT, build_mvit_fpn
+
+if TYPE_CHECKING:
+    from mvit_det.tools.export import BackboneOutputs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -139,3 +142,53 @@ def assert_each_gradient_as_accurate(
         assert (
             err <= bound
         ), f"{name}: gradient error {err:.3g} > {bound:.3g} (baseline {baseline[name]:.3g})"
+
+
+# ------------------------------------------------------------------ export tests
+
+
+def tiny_mvit_fpn(attn_impl: str) -> "BackboneOutputs":
+    """MViT + FPN with windows, global blocks, stage transitions and non-zero rel-pos tables,
+    wrapped for export (outputs as a tuple)."""
+    from mvit_det.tools.export import BackboneOutputs
+
+    torch.manual_seed(0)
+    bottom_up = MViT(
+        embed_dim=16,
+        depth=5,
+        num_heads=1,
+        last_block_indexes=(0, 2, 3, 4),
+        adaptive_window_size=16,
+        rel_pos_zero_init=False,
+        attn_impl=attn_impl,
+    )
+    return BackboneOutputs(build_mvit_fpn(bottom_up, out_channels=32)).eval()
+
+
+def tiny_vil_fpn(attn_impl: str) -> "BackboneOutputs":
+    """ViL (chunks of 3, global tokens, non-zero bias tables) + FPN, wrapped for export."""
+    from detectron2.modeling.backbone import FPN
+    from detectron2.modeling.backbone.fpn import LastLevelMaxPool
+
+    from mvit_det import ViL
+    from mvit_det.tools.export import BackboneOutputs
+
+    torch.manual_seed(0)
+    bottom_up = ViL(**TINY_VIL, attn_impl=attn_impl)
+    for name, p in bottom_up.named_parameters():
+        if "relative_position_bias" in name:
+            torch.nn.init.normal_(p, std=0.5)  # published tables are not zero
+    fpn = FPN(
+        bottom_up=bottom_up,
+        in_features=list(bottom_up.output_shape()),
+        out_channels=32,
+        top_block=LastLevelMaxPool(),
+    )
+    return BackboneOutputs(fpn).eval()
+
+
+def as_tensor(value: Any) -> torch.Tensor:
+    """A tensor from a TorchScript (tensor) or onnxruntime (numpy array) output."""
+    import numpy as np
+
+    return value if isinstance(value, torch.Tensor) else torch.from_numpy(np.asarray(value))

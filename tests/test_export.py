@@ -17,12 +17,11 @@ import onnxruntime
 import pytest
 import torch
 
-from mvit_det import MViT, build_mvit_fpn
 from mvit_det.modeling.backbones.mvit import MVIT_CORES
 from mvit_det.tools import export
 from mvit_det.tools.loading import ToolError, load_model
 
-from helpers import REPO
+from helpers import REPO, as_tensor, tiny_mvit_fpn
 
 pytestmark = pytest.mark.numerics
 
@@ -40,26 +39,6 @@ FPN_LEVELS = ["p2", "p3", "p4", "p5", "p6"]
 # The exported R-CNN outputs, in order (then the image size): Instances fields sorted by name.
 DETECTOR_FIELDS = ("boxes", "classes", "masks", "scores")
 DETECTOR_OUTPUTS = ["pred_boxes", "pred_classes", "pred_masks", "scores", "image_size"]
-
-
-def tiny_backbone(attn_impl: str) -> export.BackboneOutputs:
-    """MViT + FPN with windows, global blocks, stage transitions and non-zero rel-pos tables."""
-    torch.manual_seed(0)
-    bottom_up = MViT(
-        embed_dim=16,
-        depth=5,
-        num_heads=1,
-        last_block_indexes=(0, 2, 3, 4),
-        adaptive_window_size=16,
-        rel_pos_zero_init=False,
-        attn_impl=attn_impl,
-    )
-    return export.BackboneOutputs(build_mvit_fpn(bottom_up, out_channels=32)).eval()
-
-
-def as_tensor(value: Any) -> torch.Tensor:
-    """A tensor from a TorchScript (tensor) or onnxruntime (numpy array) output."""
-    return value if isinstance(value, torch.Tensor) else torch.from_numpy(np.asarray(value))
 
 
 def assert_relative_close(actual: Any, expected: torch.Tensor, tol: float) -> None:
@@ -146,7 +125,7 @@ def test_compare_outputs_rejects_other_shapes_and_counts():
 
 @pytest.mark.parametrize("attn_impl", ["eager", "sdpa"])
 def test_torchscript_trace_of_the_backbone_serves_other_sizes(attn_impl, tmp_path):
-    module = tiny_backbone(attn_impl)
+    module = tiny_mvit_fpn(attn_impl)
     export.export_torchscript(module, torch.randn(1, 3, *SIZES[0]), str(tmp_path / "b.ts"))
     loaded = torch.jit.load(str(tmp_path / "b.ts"))
     for shape in [(1, 3, *SIZES[0]), (2, 3, *SIZES[1]), (1, 3, 64, 64)]:
@@ -160,7 +139,7 @@ def test_torchscript_trace_of_the_backbone_serves_other_sizes(attn_impl, tmp_pat
 
 @pytest.mark.parametrize("attn_impl", ["eager", "sdpa"])
 def test_legacy_onnx_backbone_is_valid_and_matches(attn_impl, tmp_path):
-    module = tiny_backbone(attn_impl)
+    module = tiny_mvit_fpn(attn_impl)
     for size in SIZES:
         path = str(tmp_path / f"b_{size[0]}.onnx")
         x = torch.randn(1, 3, *size)
@@ -179,7 +158,7 @@ def test_legacy_onnx_backbone_is_valid_and_matches(attn_impl, tmp_path):
 
 
 def test_dynamo_onnx_backbone_matches(tmp_path):
-    module = tiny_backbone("sdpa")
+    module = tiny_mvit_fpn("sdpa")
     for size in SIZES:
         path = str(tmp_path / f"b_{size[0]}.onnx")
         x = torch.randn(1, 3, *size)
@@ -239,7 +218,7 @@ def test_export_errors(tmp_path, capsys):
 
 @pytest.mark.parametrize("attn_impl", ["eager", "sdpa"])
 def test_scripted_mvit_equals_eager_at_any_size(attn_impl, tmp_path):
-    mvit = tiny_backbone(attn_impl).backbone.bottom_up
+    mvit = tiny_mvit_fpn(attn_impl).backbone.bottom_up
     export.export_torchscript(mvit, torch.randn(1, 3, 64, 64), str(tmp_path / "m.ts"), script=True)
     scripted = torch.jit.load(str(tmp_path / "m.ts"))
     for shape in [(1, 3, *SIZES[0]), (2, 3, *SIZES[1]), (1, 3, 40, 72)]:
@@ -254,7 +233,7 @@ def test_scripted_mvit_equals_eager_at_any_size(attn_impl, tmp_path):
 @pytest.mark.parametrize("attn_impl", MVIT_CORES.names())
 def test_every_mvit_core_scripts(attn_impl):
     """Every name of the core table (and "auto") runs in TorchScript, as in eager."""
-    mvit = tiny_backbone(attn_impl).backbone.bottom_up
+    mvit = tiny_mvit_fpn(attn_impl).backbone.bottom_up
     scripted = torch.jit.script(mvit)
     x = torch.randn(1, 3, 64, 96)
     with torch.no_grad():

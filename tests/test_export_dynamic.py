@@ -20,8 +20,6 @@ import onnxruntime
 import pytest
 import torch
 from detectron2.layers import ShapeSpec
-from detectron2.modeling.backbone import FPN
-from detectron2.modeling.backbone.fpn import LastLevelMaxPool
 from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.modeling.matcher import Matcher
 from detectron2.modeling.roi_heads import (
@@ -30,8 +28,8 @@ from detectron2.modeling.roi_heads import (
     FastRCNNOutputLayers,
 )
 
-from helpers import REPO, TINY_VIL
-from mvit_det import MViT, ViL, build_mvit_fpn
+from helpers import REPO, tiny_mvit_fpn, tiny_vil_fpn
+from mvit_det import MViT
 from mvit_det.tools import export
 from mvit_det.tools.loading import LoadedModel, load_model
 
@@ -65,37 +63,6 @@ DETECTOR_SIZES = [(128, 128), (64, 192), (100, 84)]
 
 
 # ------------------------------------------------------------------ helpers written for the tests
-
-
-def tiny_mvit_fpn(attn_impl: str) -> export.BackboneOutputs:
-    """MViT + FPN with windows, global blocks, stage transitions and non-zero rel-pos tables."""
-    torch.manual_seed(0)
-    bottom_up = MViT(
-        embed_dim=16,
-        depth=5,
-        num_heads=1,
-        last_block_indexes=(0, 2, 3, 4),
-        adaptive_window_size=16,
-        rel_pos_zero_init=False,
-        attn_impl=attn_impl,
-    )
-    return export.BackboneOutputs(build_mvit_fpn(bottom_up, out_channels=32)).eval()
-
-
-def tiny_vil_fpn(attn_impl: str) -> export.BackboneOutputs:
-    """ViL (chunks of 3, global tokens, non-zero bias tables) + FPN."""
-    torch.manual_seed(0)
-    bottom_up = ViL(**TINY_VIL, attn_impl=attn_impl)
-    for name, p in bottom_up.named_parameters():
-        if "relative_position_bias" in name:
-            torch.nn.init.normal_(p, std=0.5)  # published tables are not zero
-    fpn = FPN(
-        bottom_up=bottom_up,
-        in_features=list(bottom_up.output_shape()),
-        out_channels=32,
-        top_block=LastLevelMaxPool(),
-    )
-    return export.BackboneOutputs(fpn).eval()
 
 
 def onnx_session(path: str) -> onnxruntime.InferenceSession:

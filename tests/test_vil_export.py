@@ -10,11 +10,8 @@ import onnx
 import onnxruntime
 import pytest
 import torch
-from detectron2.modeling.backbone import FPN
-from detectron2.modeling.backbone.fpn import LastLevelMaxPool
 
-from helpers import TINY_VIL
-from mvit_det import ViL
+from helpers import as_tensor, tiny_vil_fpn
 from mvit_det.tools import export
 from mvit_det.tools.loading import load_model
 
@@ -23,26 +20,6 @@ pytestmark = pytest.mark.numerics
 SIZES = [(96, 128), (64, 160)]  # stage maps 24x32 .. 2x5 tokens: windows of 3 do not tile them
 DEMO = "projects/ViL/configs/demo/mask_rcnn_vil_shapes.py"
 FPN_LEVELS = ["p2", "p3", "p4", "p5", "p6"]
-
-
-def tiny_backbone(attn_impl: str) -> export.BackboneOutputs:
-    torch.manual_seed(0)
-    bottom_up = ViL(**TINY_VIL, attn_impl=attn_impl)
-    for name, p in bottom_up.named_parameters():
-        if "relative_position_bias" in name:
-            torch.nn.init.normal_(p, std=0.5)  # published tables are not zero
-    fpn = FPN(
-        bottom_up=bottom_up,
-        in_features=list(bottom_up.output_shape()),
-        out_channels=32,
-        top_block=LastLevelMaxPool(),
-    )
-    return export.BackboneOutputs(fpn).eval()
-
-
-def as_tensor(value: Any) -> torch.Tensor:
-    """A tensor from a TorchScript (tensor) or onnxruntime (numpy array) output."""
-    return value if isinstance(value, torch.Tensor) else torch.from_numpy(np.asarray(value))
 
 
 def assert_relative_close(actual: Any, expected: torch.Tensor, tol: float) -> None:
@@ -70,7 +47,7 @@ def assert_features_equal(outputs: Sequence[Any], features: Dict[str, torch.Tens
 
 @pytest.mark.parametrize("attn_impl", ["eager", "sdpa"])
 def test_traced_and_legacy_onnx_backbones_equal_eager(attn_impl, tmp_path):
-    module = tiny_backbone(attn_impl)
+    module = tiny_vil_fpn(attn_impl)
     for size in SIZES:
         x = torch.randn(1, 3, *size)
         with torch.no_grad():
@@ -88,7 +65,7 @@ def test_traced_and_legacy_onnx_backbones_equal_eager(attn_impl, tmp_path):
 
 
 def test_dynamo_onnx_backbone_equals_eager(tmp_path):
-    module = tiny_backbone("sdpa")
+    module = tiny_vil_fpn("sdpa")
     x = torch.randn(1, 3, *SIZES[1])
     path = str(tmp_path / "b.onnx")
     export.export_onnx(module, x, path, "dynamo", output_names=module.names)
