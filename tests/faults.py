@@ -2,7 +2,7 @@
 
 Each entry replaces ``old`` (which must occur exactly once in ``file``) by ``new``; the pytest
 selections in ``tests`` must then fail. ``what`` says what the fault breaks. Keep the selections
-narrow: the whole check should stay under 15 minutes on 2 cores.
+narrow: the whole check should stay under 20 minutes on 2 cores.
 """
 
 MVIT_REFERENCE = "tests/test_mvit_reference.py"
