@@ -276,6 +276,17 @@ FAULTS = [
         new="                pass",
         tests=["tests/test_checkpoint_queries.py"],
     ),
+    dict(
+        name="package_imports_detectron2_mvit",
+        what="the MViT family imports Detectron2's own MViT (absent from some Detectron2 builds)",
+        file="mvit_det/modeling/backbones/mvit/__init__.py",
+        old="from .attention import MultiScaleAttention\n",
+        new=(
+            "from detectron2.modeling.backbone.mvit import MViT as _D2MViT  # noqa: F401\n"
+            "from .attention import MultiScaleAttention\n"
+        ),
+        tests=["tests/test_backbone_family.py::test_the_package_never_imports_detectron2s_mvit"],
+    ),
     # ------------------------------------------------------------------ checkpoints, resume, tools
     dict(
         name="nonfinite_nan_only",

@@ -28,6 +28,8 @@ from mvit_det.modeling.backbones import (
 )
 from mvit_det.tools import benchmark, convert_checkpoint, export
 
+from helpers import REPO
+
 NAME = "tinyfam"
 BUILDER = "build_tinyfam_fpn_backbone"
 SIZES = {"tiny_s": dict(dim=4), "tiny_m": dict(dim=8)}
@@ -266,3 +268,28 @@ def test_export_of_the_backbone_alone(config_file, tmp_path):
         export.main(common + ["--what", "trunk", "--script", "--output", str(tmp_path / "s")]) == 2
     )
     assert export.main(common + ["--what", "mvit", "--output", str(tmp_path / "m")]) == 2
+
+
+def test_the_package_never_imports_detectron2s_mvit():
+    """mvit_det works on Detectron2 builds without ``detectron2.modeling.backbone.mvit``: no
+    module of the package imports it (the MViT family only names it as a string, which the
+    benchmark compares with the class its thin command-line script hands in)."""
+    import ast
+
+    banned = "detectron2.modeling.backbone.mvit"
+    offenders = []
+    for path in sorted((REPO / "mvit_det").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Call) and getattr(node.func, "attr", "") in (
+                "import_module",
+                "__import__",
+            ):
+                names = [a.value for a in node.args if isinstance(a, ast.Constant)]
+            if any(str(n).startswith(banned) for n in names):
+                offenders.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    assert not offenders
