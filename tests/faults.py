@@ -1037,7 +1037,7 @@ FAULTS = [
         file="mvit_det/modeling/layers.py",
         old="    if not is_tracing_or_exporting():\n        return x.unflatten(dim, sizes)",
         new="    if True:\n        return x.unflatten(dim, sizes)",
-        tests=[EXPORT_DYNAMIC + "::test_legacy_mvit_backbone_one_file_every_size_and_batch"],
+        tests=[EXPORT_DYNAMIC + "::test_legacy_backbone_one_file_every_size_and_batch"],
     ),
     dict(
         name="mvit_traced_window_pad_frozen",
@@ -1045,7 +1045,7 @@ FAULTS = [
         file="mvit_det/modeling/backbones/mvit/geometry.py",
         old="x = zero_pad_end(zero_pad_end(x, 1, rows * win_h - H), 2, cols * win_w - W)",
         new="x = F.pad(x, (0, 0, 0, 0, 0, cols * win_w - W, 0, rows * win_h - H))",
-        tests=[EXPORT_DYNAMIC + "::test_legacy_mvit_backbone_one_file_every_size_and_batch"],
+        tests=[EXPORT_DYNAMIC + "::test_legacy_backbone_one_file_every_size_and_batch"],
     ),
     dict(
         name="mvit_traced_abs_pos_resize_skipped",
@@ -1069,7 +1069,7 @@ FAULTS = [
         file="mvit_det/modeling/backbones/vil/geometry.py",
         old="padded = zero_pad_end(zero_pad_end(q_map, 2, rows * w - H), 3, cols * w - W)",
         new="padded = F.pad(q_map, (0, 0, 0, int(cols * w - W), 0, int(rows * w - H)))",
-        tests=[EXPORT_DYNAMIC + "::test_legacy_vil_backbone_one_file_every_size_and_batch"],
+        tests=[EXPORT_DYNAMIC + "::test_legacy_backbone_one_file_every_size_and_batch"],
     ),
     dict(
         name="vil_traced_key_regions_frozen",
@@ -1077,7 +1077,7 @@ FAULTS = [
         file="mvit_det/modeling/backbones/vil/geometry.py",
         old="padded = zero_pad_end(zero_pad_end(local, 2, rows * w - H), 3, cols * w - W)",
         new="padded = F.pad(local, (0, 0, 0, int(cols * w - W), 0, int(rows * w - H)))",
-        tests=[EXPORT_DYNAMIC + "::test_legacy_vil_backbone_one_file_every_size_and_batch"],
+        tests=[EXPORT_DYNAMIC + "::test_legacy_backbone_one_file_every_size_and_batch"],
     ),
     dict(
         name="vil_traced_region_padding_unfold",
@@ -1085,7 +1085,7 @@ FAULTS = [
         file="mvit_det/modeling/backbones/vil/geometry.py",
         old="    if not is_tracing_or_exporting():\n        return padding.unfold(",
         new="    if True:\n        return padding.unfold(",
-        tests=[EXPORT_DYNAMIC + "::test_legacy_vil_backbone_one_file_every_size_and_batch"],
+        tests=[EXPORT_DYNAMIC + "::test_legacy_backbone_one_file_every_size_and_batch"],
     ),
     dict(
         name="export_dynamic_axes_dropped",

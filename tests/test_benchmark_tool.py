@@ -73,7 +73,7 @@ def test_reference_with_identical_weights(tmp_path):
         + ["--batch", "1", "--tasks", "backbone", "--image-size", "64", "--iters", "1"]
         + ["--warmup", "1", "--no-flops", "--output", str(tmp_path / "b.json")]
     )
-    report = benchmark.run_benchmark(args, reference_mvit=reference)
+    report = benchmark.run_benchmark(args, references={"mvit": reference})
     assert {r["model"] for r in report["results"]} == {"mvit_det", "reference"}
     assert report["params_m"]["mvit_det"] == report["params_m"]["reference"]
     assert report["max_rel_feature_diff_fp32"] < 1e-4

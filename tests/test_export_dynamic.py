@@ -209,8 +209,18 @@ def load_detector(config: str, opts: Sequence[str], cascade: bool) -> LoadedMode
 
 
 @pytest.mark.parametrize("attn_impl", ["eager", "sdpa"])
-def test_legacy_mvit_backbone_one_file_every_size_and_batch(attn_impl, tmp_path):
-    module = tiny_mvit_fpn(attn_impl)
+@pytest.mark.parametrize(
+    "family,build,shapes,documented",
+    [
+        ("mvit", tiny_mvit_fpn, MVIT_SHAPES, "MViT + FPN (`--what backbone`), legacy"),
+        ("vil", tiny_vil_fpn, VIL_SHAPES, "ViL + FPN, legacy"),
+    ],
+    ids=["mvit", "vil"],
+)
+def test_legacy_backbone_one_file_every_size_and_batch(
+    family, build, shapes, documented, attn_impl, tmp_path
+):
+    module = build(attn_impl)
     path = str(tmp_path / "b.onnx")
     axes = export.dynamic_axes("backbone", module.names)
     export.export_onnx(
@@ -219,26 +229,9 @@ def test_legacy_mvit_backbone_one_file_every_size_and_batch(attn_impl, tmp_path)
     check_file(path)
     assert input_dims(path) == ["batch", 3, "height", "width"]
     if attn_impl == "sdpa":  # the default core ("auto")
-        assert_documented(path, "MViT + FPN (`--what backbone`), legacy")
+        assert_documented(path, documented)
     session = onnx_session(path)
-    for shape in [BACKBONE_EXPORT] + MVIT_SHAPES:
-        assert_features_equal(session, module, torch.randn(*shape))
-
-
-@pytest.mark.parametrize("attn_impl", ["eager", "sdpa"])
-def test_legacy_vil_backbone_one_file_every_size_and_batch(attn_impl, tmp_path):
-    module = tiny_vil_fpn(attn_impl)
-    path = str(tmp_path / "b.onnx")
-    axes = export.dynamic_axes("backbone", module.names)
-    export.export_onnx(
-        module, torch.randn(*BACKBONE_EXPORT), path, "legacy", 17, module.names, axes
-    )
-    check_file(path)
-    assert input_dims(path) == ["batch", 3, "height", "width"]
-    if attn_impl == "sdpa":
-        assert_documented(path, "ViL + FPN, legacy")
-    session = onnx_session(path)
-    for shape in [BACKBONE_EXPORT] + VIL_SHAPES:
+    for shape in [BACKBONE_EXPORT] + shapes:
         assert_features_equal(session, module, torch.randn(*shape))
 
 

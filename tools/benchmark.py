@@ -8,15 +8,15 @@ import sys
 from mvit_det.tools.benchmark import main
 
 
-def reference_mvit():
-    """Detectron2's own MViT, the reference of the comparison, where this Detectron2 build has it
-    (the package itself never imports it)."""
+def references():
+    """The reference implementations of the comparison, per backbone family: Detectron2's own
+    MViT where this Detectron2 build has it (the package itself never imports it)."""
     try:
         from detectron2.modeling.backbone.mvit import MViT
     except ImportError:
-        return None
-    return MViT
+        return {}
+    return {"mvit": MViT}
 
 
 if __name__ == "__main__":
-    sys.exit(main(reference_mvit=reference_mvit()))
+    sys.exit(main(references=references()))

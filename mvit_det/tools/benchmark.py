@@ -38,7 +38,7 @@ import statistics
 import time
 from contextlib import nullcontext
 from functools import partial
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import torch
 from detectron2.config import instantiate
@@ -170,7 +170,7 @@ def check_core(node: BackboneNode, impl: str) -> None:
 
 
 def build_models(
-    args: argparse.Namespace, reference_mvit: Optional[type] = None
+    args: argparse.Namespace, references: Optional[Mapping[str, type]] = None
 ) -> Dict[str, torch.nn.Module]:
     """
     Ours, and the reference with identical weights when given; or, with --compare-attn-impls,
@@ -178,10 +178,10 @@ def build_models(
 
     Args:
         args: the command line.
-        reference_mvit: an independent implementation of the config's backbone with the same
-            arguments and parameter names, built in its place when it is the one that the
-            backbone's family names as its ``reference`` (tools/benchmark.py passes Detectron2's
-            MViT where this Detectron2 build has it).
+        references: family name -> an independent implementation of that family's backbone
+            with the same arguments and parameter names, built in place of the config's backbone
+            when it is of that family (tools/benchmark.py passes ``{"mvit": Detectron2's MViT}``
+            where this Detectron2 build has it).
     """
     cfg = load_lazy_config(resolve_config_file(args.config))
     backbone = config_backbone(cfg)
@@ -198,8 +198,8 @@ def build_models(
     backbone.node.attn_impl = args.attn_impl
     torch.manual_seed(0)
     models = {"mvit_det": instantiate(cfg.model).to(args.device)}
-    reference = reference_mvit if args.reference == "auto" else None
-    if reference is not None and backbone.family.reference == _class_path(reference):
+    reference = (references or {}).get(backbone.family.name) if args.reference == "auto" else None
+    if reference is not None:
         ref_cfg = copy.deepcopy(cfg)
         ref_node = config_backbone(ref_cfg).node
         # Arguments the reference does not have (with our defaults, which it hard-codes).
@@ -214,11 +214,6 @@ def build_models(
         ref_model.load_state_dict(models["mvit_det"].state_dict(), strict=True)
         models["reference"] = ref_model
     return models
-
-
-def _class_path(cls: type) -> str:
-    """``module:Class`` of a class, as ``BackboneFamily.reference`` names it."""
-    return f"{cls.__module__}:{cls.__qualname__}"
 
 
 def synthetic_batch(batch: int, size: Tuple[int, int], num_classes: int, device: str) -> List[dict]:
@@ -525,39 +520,39 @@ def max_feature_difference(models: Dict[str, torch.nn.Module], args: argparse.Na
     return max(((ours[k] - ref[k]).abs().max() / ref[k].abs().max()).item() for k in ref)
 
 
-def main(argv: Optional[List[str]] = None, reference_mvit: Optional[type] = None) -> int:
+def main(argv: Optional[List[str]] = None, references: Optional[Mapping[str, type]] = None) -> int:
     """
     Runs the benchmark of the command line, prints the table and writes the JSON report.
 
     Args:
         argv: command-line arguments (default: ``sys.argv[1:]``).
-        reference_mvit: the reference implementation to compare with (see
+        references: family name -> the reference implementation to compare with (see
             :func:`build_models`; tools/benchmark.py passes Detectron2's MViT when that build has
             one); None measures ours only.
 
     Returns:
         the exit status.
     """
-    run_benchmark(parse_args(argv), reference_mvit)
+    run_benchmark(parse_args(argv), references)
     return 0
 
 
 def run_benchmark(
-    args: argparse.Namespace, reference_mvit: Optional[type] = None
+    args: argparse.Namespace, references: Optional[Mapping[str, type]] = None
 ) -> Dict[str, Any]:
     """
     Measures every task and compile mode of ``args`` for our model and the reference.
 
     Args:
         args: parsed command line (see :func:`parse_args`).
-        reference_mvit: see :func:`build_models`.
+        references: see :func:`build_models`.
 
     Returns:
         the report (also written to ``args.output``).
     """
     tasks = args.tasks.split(",")
     modes = {"off": [False], "on": [True], "both": [False, True]}[args.compile]
-    models = build_models(args, reference_mvit)
+    models = build_models(args, references)
     device_name = (
         torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "cpu"
     )

@@ -147,8 +147,6 @@ class BackboneFamily:
             ``layer_id(name)`` (name inside the backbone) for layer-wise learning-rate decay, or
             None where the family has no such rule.
         scriptable: whether the backbone compiles with ``torch.jit.script``.
-        reference: ``"module:Class"`` of an independent implementation with the same arguments
-            and parameter names that ``benchmark`` compares with when it can be imported, or "".
         attention_bytes: ``attention_bytes(backbone, core, image_hw, batch, element_size)`` ->
             bytes of the largest tensor that ``core`` builds at that input (0 when it builds
             none of the input's scale), for cores that would not fit into memory; or None.
@@ -173,7 +171,6 @@ class BackboneFamily:
     weight_options: Tuple[WeightOption, ...] = ()
     layer_rule: Optional[Callable[..., Any]] = None
     scriptable: bool = False
-    reference: str = ""
     attention_bytes: Optional[Callable[..., int]] = None
     model_prefix: str = ""
     pretrained: Mapping[str, PretrainedWeights] = field(default_factory=dict)

@@ -51,7 +51,6 @@ FAMILY = register_family(
         yacs_builders={"build_mvit_fpn_backbone": "fpn"},
         layer_rule=MViTLayers,
         scriptable=True,
-        reference="detectron2.modeling.backbone.mvit:MViT",
         model_prefix="mvitv2",
         pretrained=MVIT_PRETRAINED,
     )
